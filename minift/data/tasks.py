@@ -1,0 +1,144 @@
+"""The task registry: ``load_task(name)`` builds a :class:`~minift.data.example.Task` from the real files.
+
+Every name, its aliases, its data folder and how its splits are built:
+
+===========================  =====================  ==============================================================
+task (aliases)               folder                 splits
+===========================  =====================  ==============================================================
+agnews (agnews_sup)          agnews/                test.csv split 9:1 with seed 42: 6,840 train / 760 test
+agnews_fs                    agnews/                16 train examples per class (64) drawn with seed 42; full test
+restaurant (restaurant_sup)  restaurant/            3,452 / 150 / 1,120; input = (aspect term, sentence)
+restaurant_fs                restaurant/            16 per class (48) of train; full dev and test
+laptop (laptop_sup)          laptop/                2,163 / 150 / 638
+laptop_fs                    laptop/                16 per class (48) of train
+acl (acl_sup, acl_arc)       acl_arc/               1,721 / 154 / 154 (train minus the contexts in dev or test)
+acl_fs                       acl_arc/               16 per class (96) of the cleaned train
+sst2                         sst2/                  60,614 / 6,735 / 872 (test = GLUE dev)
+cola                         cola/                  8,551 / 1,043 (GLUE dev: both dev files); main metric MCC
+stsb                         stsb/                  5,749 / 1,500 / 1,379; regression (Pearson, Spearman)
+mrpc                         mrpc/                  3,668 / 408 / 1,725 (test = msr_paraphrase_test.txt)
+financial_phrasebank (fpb)   financial_phrasebank/  3,994 / 842, classification (encoders), no sentence in both
+financial_phrasebank_lm      financial_phrasebank/  the same splits as a causal-LM task (prompt -> label word)
+bionlp2004 (jnlpba)          bionlp2004/            18,969 sentences from brat / 3,856 (Genia4EReval1.iob2); NER
+file:PATH                    (PATH itself)          a custom CSV/TSV/JSONL task, see ``minift.data.readers_file``
+===========================  =====================  ==============================================================
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable
+
+from minift.data import readers_glue, readers_ner, readers_text
+from minift.data.errors import DataError
+from minift.data.example import CLASSIFICATION_METRICS, NER_METRICS, REGRESSION_METRICS, Task, few_shot_sample
+from minift.data.paths import data_file, resolve_data_dir
+from minift.data.readers_file import read_file_task
+
+FEW_SHOT_PER_CLASS = 16  # examples per class in the *_fs tasks
+FEW_SHOT_SEED = 42
+
+# Causal-LM form of a sentiment task: the model reads the prompt and generates the label word.
+SENTIMENT_PROMPT = "Sentence: {text}\nSentiment:"
+
+
+@dataclass(frozen=True)
+class _Spec:
+    folder: str  # data set folder under the data directory
+    files: tuple[str, ...]  # files that must exist (checked before reading, for a clear error)
+    reader: Callable  # reader(folder_path) -> (splits, label_names)
+    kind: str = "classification"
+    metrics: tuple[str, ...] = CLASSIFICATION_METRICS
+    description: str = ""
+
+
+_ABSA_FILES = ("train.json", "dev.json", "test.json")
+_SPECS: dict[str, _Spec] = {
+    "agnews": _Spec("agnews", ("test.csv",), readers_text.read_agnews,
+                    description="AG News test.csv split 9:1 with seed 42 (6,840 / 760); text = title + description"),
+    "restaurant": _Spec("restaurant", _ABSA_FILES, readers_text.read_absa,
+                        description="SemEval-2014 restaurants (Xu et al. split); input = (aspect term, sentence)"),
+    "laptop": _Spec("laptop", _ABSA_FILES, readers_text.read_absa,
+                    description="SemEval-2014 laptops (Xu et al. split); input = (aspect term, sentence)"),
+    "acl": _Spec("acl_arc", ("train.jsonl", "dev.jsonl", "test.jsonl"), readers_text.read_acl,
+                 description="ACL-ARC citation intent; train without the contexts that occur in dev or test"),
+    "sst2": _Spec("sst2", ("train.tsv", "dev.tsv", "test.tsv"), readers_glue.read_sst2,
+                  description="GLUE SST-2; test = GLUE dev (labelled)"),
+    "cola": _Spec("cola", ("in_domain_train.tsv", "in_domain_dev.tsv", "out_of_domain_dev.tsv"),
+                  readers_glue.read_cola, metrics=("mcc", "accuracy"),
+                  description="CoLA v1.0; test = GLUE dev (in-domain + out-of-domain dev)"),
+    "stsb": _Spec("stsb", ("stsb-en-train.csv", "stsb-en-dev.csv", "stsb-en-test.csv"), readers_glue.read_stsb,
+                  kind="regression", metrics=REGRESSION_METRICS, description="STS benchmark, score 0-5"),
+    "mrpc": _Spec("mrpc", ("train.tsv", "dev.tsv", "msr_paraphrase_test.txt"), readers_glue.read_mrpc,
+                  metrics=("accuracy", "f1"), description="MRPC; labelled test from msr_paraphrase_test.txt"),
+    "financial_phrasebank": _Spec(
+        "financial_phrasebank", ("Sentences_50Agree.txt", "Sentences_66Agree.txt"),
+        readers_text.read_financial_phrasebank,
+        description="Financial PhraseBank: test = 20% (seed 42) of the unique 66Agree sentences, "
+        "train = the other unique 50Agree sentences"),
+    "bionlp2004": _Spec("bionlp2004", ("train", "test/Genia4EReval1.iob2"), readers_ner.read_bionlp2004,
+                        kind="token-classification", metrics=NER_METRICS,
+                        description="JNLPBA 2004: train from brat standoff, test = Genia4EReval1.iob2"),
+}
+
+ALIASES = {
+    "agnews_sup": "agnews", "ag_news": "agnews", "restaurant_sup": "restaurant", "laptop_sup": "laptop",
+    "acl_sup": "acl", "acl_arc": "acl", "fpb": "financial_phrasebank", "jnlpba": "bionlp2004",
+    "fpb_lm": "financial_phrasebank_lm",
+}
+FEW_SHOT = {"agnews_fs": "agnews", "restaurant_fs": "restaurant", "laptop_fs": "laptop", "acl_fs": "acl"}
+CAUSAL_LM = {"financial_phrasebank_lm": ("financial_phrasebank", SENTIMENT_PROMPT)}
+
+
+def task_names() -> list[str]:
+    """Every task name load_task accepts (besides ``file:PATH``), aliases included."""
+    return sorted([*_SPECS, *ALIASES, *FEW_SHOT, *CAUSAL_LM])
+
+
+def load_task(name: str, data_dir: str | Path | None = None, *, text_column: str = "text",
+              label_column: str = "label", text_pair_column: str | None = None,
+              kind: str | None = None) -> Task:
+    """Build a task from its files.
+
+    Args:
+        name: a task name or alias (see the module docstring), or ``file:PATH`` for a custom task.
+        data_dir: the data root; None: ``$MINIFT_DATA``, else ``~/.cache/minift/data``.
+        text_column / label_column / text_pair_column / kind: options of ``file:`` tasks only.
+
+    Returns:
+        The :class:`Task`, every split non-empty.
+
+    Raises:
+        DataError: unknown task, missing file (named, with where it was looked for and the public source),
+            malformed row (file and line) or empty split.
+    """
+    if name.startswith("file:"):
+        splits, labels, file_kind = read_file_task(name[len("file:"):], text_column=text_column,
+                                                   label_column=label_column, text_pair_column=text_pair_column,
+                                                   kind=kind)
+        metrics = CLASSIFICATION_METRICS if file_kind == "classification" else REGRESSION_METRICS
+        return Task(name=name, kind=file_kind, splits=splits, label_names=labels, metric_names=list(metrics),
+                    main_metric=metrics[0], description=f"custom task from {name[5:]}")
+    key = ALIASES.get(name, name)
+    if key in FEW_SHOT:
+        base = load_task(FEW_SHOT[key], data_dir)
+        splits = dict(base.splits)
+        splits["train"] = few_shot_sample(base.splits["train"], FEW_SHOT_PER_CLASS, FEW_SHOT_SEED)
+        return replace(base, name=key, splits=splits,
+                       description=f"{base.description}; few-shot: {FEW_SHOT_PER_CLASS} train examples per class "
+                       f"(seed {FEW_SHOT_SEED}), {len(splits['train'])} in all")
+    if key in CAUSAL_LM:
+        base_name, prompt = CAUSAL_LM[key]
+        base = load_task(base_name, data_dir)
+        return replace(base, name=key, kind="causal-lm", prompt=prompt, label_words=list(base.label_names),
+                       description=f"{base.description}; causal-LM form: prompt {prompt!r} + label word")
+    if key not in _SPECS:
+        raise DataError(f"unknown task {name!r}; known tasks: {', '.join(task_names())}, or file:PATH for a "
+                        "CSV/TSV/JSONL file with text and label columns")
+    spec = _SPECS[key]
+    root = resolve_data_dir(data_dir)
+    for file in spec.files:
+        data_file(root, spec.folder, *file.split("/"))
+    splits, labels = spec.reader(root / spec.folder)
+    return Task(name=key, kind=spec.kind, splits=splits, label_names=labels, metric_names=list(spec.metrics),
+                main_metric=spec.metrics[0], description=spec.description)
