@@ -1,0 +1,98 @@
+"""Scaled dot-product attention and the masks every family uses.
+
+Masks are boolean, ``True`` = may attend, broadcastable to ``(B, nh, T_q, T_k)``:
+
+- ``padding_mask(attention_mask)`` → ``(B, 1, 1, T)`` from a ``(B, T)`` 1 (keep) / 0 (pad) mask (encoders);
+- ``causal_mask(T)`` → ``(T, T)`` lower triangle; ``local_causal_mask(T, window)`` → the GPT-Neo local band
+  (query i sees keys j with ``i - window < j <= i``);
+- ``build_mask(attention_mask, T, causal=..., window=...)`` combines them into ``(B, 1, T, T)`` (or returns
+  ``None`` when nothing is masked, so SDPA can take its fused path).
+
+``attention(q, k, v, mask, ...)`` wraps ``torch.nn.functional.scaled_dot_product_attention``: it repeats
+grouped key/value heads, passes ``scale`` through (GPT-Neo uses ``scale=1.0``: its scores are unscaled) and
+keeps fully masked rows (a left-padded query before any real token) finite instead of NaN.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def padding_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """``(B, T)`` 1/0 mask → boolean ``(B, 1, 1, T)`` key mask, True where the key is a real token."""
+    if attention_mask.dim() != 2:
+        raise ValueError(f"attention_mask must be (B, T) of 1 (keep) / 0 (pad), got shape {tuple(attention_mask.shape)}")
+    return attention_mask.bool()[:, None, None, :]
+
+
+def causal_mask(T: int, device: torch.device | None = None) -> torch.Tensor:
+    """Boolean ``(T, T)``: query i may attend to keys j <= i."""
+    return torch.ones(T, T, dtype=torch.bool, device=device).tril()
+
+
+def local_causal_mask(T: int, window: int, device: torch.device | None = None) -> torch.Tensor:
+    """Boolean ``(T, T)``: query i may attend to keys j with ``i - window < j <= i`` (GPT-Neo local layers)."""
+    if window <= 0:
+        raise ValueError(f"local attention window must be positive, got {window}")
+    i = torch.arange(T, device=device)[:, None]
+    j = torch.arange(T, device=device)[None, :]
+    return (j <= i) & (j > i - window)
+
+
+def build_mask(attention_mask: torch.Tensor | None, T: int, causal: bool = False, window: int | None = None,
+               device: torch.device | None = None) -> torch.Tensor | None:
+    """Combine padding, causal and local masks.
+
+    Args:
+        attention_mask: ``(B, T)`` 1 (keep) / 0 (pad), or None (no padding).
+        T: sequence length.
+        causal: whether query i is limited to keys j <= i.
+        window: GPT-Neo local window (implies ``causal``), or None for global attention.
+
+    Returns:
+        Boolean mask broadcastable to ``(B, nh, T, T)``, or None when nothing would be masked and the plain
+        causal flag suffices (check ``causal`` yourself then; see ``attention``).
+    """
+    if attention_mask is not None:
+        if attention_mask.shape[-1] != T:
+            raise ValueError(f"attention_mask has {attention_mask.shape[-1]} positions but the input has {T}")
+        device = attention_mask.device
+        if bool(attention_mask.all()):  # no padding: let SDPA take its fused (causal) path
+            attention_mask = None
+    if window is not None:
+        mask = local_causal_mask(T, window, device)  # (T, T)
+    elif causal and attention_mask is not None:
+        mask = causal_mask(T, device)  # (T, T)
+    else:
+        mask = None
+    if attention_mask is not None:
+        pad = padding_mask(attention_mask)  # (B, 1, 1, T)
+        mask = pad if mask is None else pad & mask  # (B, 1, T, T) or (B, 1, 1, T)
+    return mask
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None,
+              causal: bool = False, dropout_p: float = 0.0, scale: float | None = None) -> torch.Tensor:
+    """Scaled dot-product attention.
+
+    Args:
+        q: ``(B, nh, T, hs)`` queries.
+        k, v: ``(B, nkv, T, hs)`` keys and values; ``nkv`` divides ``nh`` (grouped-query attention).
+        mask: boolean mask from ``build_mask`` (True = attend), or None.
+        causal: apply a causal mask when ``mask`` is None (a mask from ``build_mask(causal=True)`` already is).
+        dropout_p: attention-probability dropout (pass 0.0 in eval mode).
+        scale: score scale; None → ``1 / sqrt(hs)``.
+
+    Returns:
+        ``(B, nh, T, hs)``.
+    """
+    nh, nkv = q.shape[1], k.shape[1]
+    if nkv != nh:
+        k = k.repeat_interleave(nh // nkv, dim=1)  # (B, nh, T, hs)
+        v = v.repeat_interleave(nh // nkv, dim=1)
+    if mask is not None:
+        # A query that may attend to nothing (all keys padded) would give NaN; let it attend everywhere instead.
+        # Its output is discarded anyway (it is a padding position).
+        mask = mask | ~mask.any(dim=-1, keepdim=True)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=scale)
+    return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=causal, scale=scale)
