@@ -1,0 +1,171 @@
+"""GPT-2: learned positions, pre-LayerNorm blocks, fused qkv projection.
+
+Radford et al., "Language Models are Unsupervised Multitask Learners" (2019), section 2.3.  Module names are
+those of ``transformers``' ``GPT2Model`` (registered under ``transformer``): ``wte, wpe, h.i.ln_1,
+h.i.attn.c_attn, h.i.attn.c_proj, h.i.ln_2, h.i.mlp.c_fc, h.i.mlp.c_proj, ln_f``.  HF stores these projections
+as ``Conv1D`` with an ``(in, out)`` weight; we use ``nn.Linear`` (``(out, in)``, which is what PEFT layers
+expect) and transpose in the key table (``FAMILY.transforms``) at load and at save.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from minift.models.activations import activation
+from minift.models.attention import attention, build_mask
+from minift.models.config import ModelConfig
+from minift.models.heads import lm_head, score_head
+from minift.models.registry import Family, HeadSpec, KeyTransform
+from minift.models.task_model import run_block
+
+
+class GPT2Attention(nn.Module):
+    """Causal self-attention with one fused ``c_attn`` producing q, k, v.
+
+    Args:
+        config: a gpt2 ``ModelConfig``.
+        layer_idx: block index (used only by ``scale_attn_by_inverse_layer_idx`` configs).
+    """
+
+    def __init__(self, config: ModelConfig, layer_idx: int = 0) -> None:
+        super().__init__()
+        C = config.hidden_size
+        self.num_heads, self.head_dim = config.num_heads, C // config.num_heads
+        self.c_attn = nn.Linear(C, 3 * C)
+        self.c_proj = nn.Linear(C, C)
+        self.attn_dropout = config.attention_dropout
+        self.resid_dropout = nn.Dropout(config.hidden_dropout)
+        raw = config.raw
+        self.scale = self.head_dim**-0.5 if raw.get("scale_attn_weights", True) else 1.0
+        if raw.get("scale_attn_by_inverse_layer_idx", False):
+            self.scale /= float(layer_idx + 1)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """x: (B, T, C); mask: boolean (B, 1, T, T) or None. Returns (B, T, C)."""
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(C, dim=2)  # 3 x (B, T, C)
+        q = q.view(B, T, self.num_heads, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, self.num_heads, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
+        v = v.view(B, T, self.num_heads, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
+        dropout_p = self.attn_dropout if self.training else 0.0
+        y = attention(q, k, v, mask, causal=True, dropout_p=dropout_p, scale=self.scale)  # (B, nh, T, hs)
+        y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, C)
+        return self.resid_dropout(self.c_proj(y))
+
+
+class GPT2MLP(nn.Module):
+    """``c_proj(act(c_fc(x)))`` with dropout."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.c_fc = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.c_proj = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.act = activation(config.hidden_act)
+        self.dropout = nn.Dropout(config.hidden_dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T, C) -> (B, T, C)."""
+        return self.dropout(self.c_proj(self.act(self.c_fc(x))))
+
+
+class GPT2Block(nn.Module):
+    """Pre-norm block: ``x + attn(ln_1(x))`` then ``x + mlp(ln_2(x))``."""
+
+    def __init__(self, config: ModelConfig, layer_idx: int = 0) -> None:
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.attn = GPT2Attention(config, layer_idx)
+        self.ln_2 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.mlp = GPT2MLP(config)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """(B, T, C) -> (B, T, C)."""
+        x = x + self.attn(self.ln_1(x), mask)
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT2Model(nn.Module):
+    """The GPT-2 backbone (HF ``GPT2Model``).
+
+    Args:
+        config: a gpt2 ``ModelConfig``.
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.wte = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.wpe = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        self.drop = nn.Dropout(config.embedding_dropout)
+        self.h = nn.ModuleList(GPT2Block(config, i) for i in range(config.num_layers))
+        self.ln_f = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.gradient_checkpointing = False
+
+    @property
+    def blocks(self) -> nn.ModuleList:
+        return self.h
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.wte
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Final hidden states.
+
+        Args:
+            input_ids: (B, T) token ids, or None when ``inputs_embeds`` is given.
+            attention_mask: (B, T) 1 (keep) / 0 (pad), or None.
+            inputs_embeds: (B, T, C) in place of ``input_ids``.
+            position_ids: (B, T) or (T,) positions; default 0..T-1.
+
+        Returns:
+            (B, T, C).
+        """
+        x = self.wte(input_ids) if inputs_embeds is None else inputs_embeds  # (B, T, C)
+        T = x.shape[1]
+        if T > self.wpe.num_embeddings:
+            raise ValueError(f"sequence of {T} tokens is longer than this model's {self.wpe.num_embeddings} "
+                             "positions; truncate the input")
+        if position_ids is None:
+            position_ids = torch.arange(T, device=x.device)  # (T,)
+        x = self.drop(x + self.wpe(position_ids))  # (B, T, C)
+        mask = build_mask(attention_mask, T, causal=True, device=x.device)  # (B, 1, T, T) or None
+        for block in self.h:
+            x = run_block(block, self.gradient_checkpointing, x, mask)
+        return self.ln_f(x)
+
+
+def build_backbone(config: ModelConfig, head_kind: str | None = None) -> GPT2Model:
+    """The GPT-2 backbone for ``config``."""
+    return GPT2Model(config)
+
+
+def _transpose(w: torch.Tensor) -> torch.Tensor:
+    return w.t().contiguous()
+
+
+FAMILY = Family(
+    model_type="gpt2",
+    prefix="transformer",
+    build_backbone=build_backbone,
+    hf_class="GPT2Model",
+    heads={
+        "causal-lm": HeadSpec(key="lm_head", build=lm_head, pooling="tokens", hf_class="GPT2LMHeadModel", tied=True),
+        "classification": HeadSpec(
+            key="score", build=score_head, pooling="last", hf_class="GPT2ForSequenceClassification"
+        ),
+        "regression": HeadSpec(key="score", build=score_head, pooling="last", hf_class="GPT2ForSequenceClassification"),
+    },
+    # Old checkpoints saved the causal-mask buffers; we build masks on the fly.
+    skip=(r"\.attn\.(bias|masked_bias)$",),
+    # HF Conv1D weights are (in, out); nn.Linear wants (out, in).
+    transforms=(KeyTransform(r"\.(c_attn|c_proj|c_fc)\.weight$", load=_transpose, save=_transpose),),
+    default_head="causal-lm",
+    is_decoder=True,
+)

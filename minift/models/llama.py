@@ -1,0 +1,185 @@
+"""Llama: RMSNorm, rotary positions, grouped-query attention and a SwiGLU MLP.
+
+Touvron et al., "LLaMA", https://arxiv.org/abs/2302.13971 (section 2.2: pre-normalisation with RMSNorm,
+SwiGLU, rotary embeddings); GQA: Ainslie et al., https://arxiv.org/abs/2305.13245.  Module names are those of
+``transformers``' ``LlamaModel`` (registered under ``model``), so a Llama/SmolLM/TinyLlama checkpoint loads as a
+rename-free state dict: ``embed_tokens``, ``layers.i.self_attn.{q,k,v,o}_proj``,
+``layers.i.mlp.{gate,up,down}_proj``, ``layers.i.{input,post_attention}_layernorm``, ``norm``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from minift.models.activations import activation
+from minift.models.attention import attention, build_mask
+from minift.models.config import ModelConfig
+from minift.models.heads import lm_head, score_head
+from minift.models.registry import Family, HeadSpec
+from minift.models.rope import RotaryEmbedding, apply_rotary
+from minift.models.task_model import run_block
+
+
+class LlamaRMSNorm(nn.Module):
+    """Root-mean-square norm (Zhang & Sennrich, https://arxiv.org/abs/1910.07467), computed in fp32.
+
+    Args:
+        hidden_size: C.
+        eps: added to the mean square.
+    """
+
+    def __init__(self, hidden_size: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(hidden_size))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(..., C) -> (..., C)."""
+        dtype = x.dtype
+        x = x.float()
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x.to(dtype)
+
+    def extra_repr(self) -> str:
+        return f"{self.weight.shape[0]}, eps={self.eps}"
+
+
+class LlamaAttention(nn.Module):
+    """Causal self-attention with rotary positions and ``num_kv_heads`` shared key/value heads."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        C, hs = config.hidden_size, config.head_dim
+        self.num_heads, self.num_kv_heads, self.head_dim = config.num_heads, config.num_kv_heads, hs
+        self.dropout = config.attention_dropout
+        bias = config.attention_bias
+        self.q_proj = nn.Linear(C, self.num_heads * hs, bias=bias)
+        self.k_proj = nn.Linear(C, self.num_kv_heads * hs, bias=bias)
+        self.v_proj = nn.Linear(C, self.num_kv_heads * hs, bias=bias)
+        self.o_proj = nn.Linear(self.num_heads * hs, C, bias=bias)
+
+    def forward(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        """x: (B, T, C); cos/sin: (B, T, hs) or (T, hs); mask: boolean (B, 1, T, T) or None. Returns (B, T, C)."""
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
+        k = self.k_proj(x).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)  # (B, nkv, T, hs)
+        v = self.v_proj(x).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)  # (B, nkv, T, hs)
+        q, k = apply_rotary(q, k, cos, sin)
+        dropout_p = self.dropout if self.training else 0.0
+        y = attention(q, k, v, mask, causal=True, dropout_p=dropout_p)  # (B, nh, T, hs)
+        y = y.transpose(1, 2).reshape(B, T, self.num_heads * self.head_dim)  # (B, T, nh*hs)
+        return self.o_proj(y)
+
+
+class LlamaMLP(nn.Module):
+    """SwiGLU feed-forward: ``down(act(gate(x)) * up(x))`` (Shazeer, https://arxiv.org/abs/2002.05202)."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        C, H, bias = config.hidden_size, config.intermediate_size, config.mlp_bias
+        self.gate_proj = nn.Linear(C, H, bias=bias)
+        self.up_proj = nn.Linear(C, H, bias=bias)
+        self.down_proj = nn.Linear(H, C, bias=bias)
+        self.act = activation(config.hidden_act)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T, C) -> (B, T, C)."""
+        return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
+
+
+class LlamaDecoderLayer(nn.Module):
+    """Pre-norm block: ``x + attn(norm(x))`` then ``x + mlp(norm(x))``."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.input_layernorm = LlamaRMSNorm(config.hidden_size, config.layer_norm_eps)
+        self.self_attn = LlamaAttention(config)
+        self.post_attention_layernorm = LlamaRMSNorm(config.hidden_size, config.layer_norm_eps)
+        self.mlp = LlamaMLP(config)
+
+    def forward(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        """x: (B, T, C) -> (B, T, C)."""
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class LlamaModel(nn.Module):
+    """The Llama backbone (HF ``LlamaModel``): embeddings, decoder layers, final RMSNorm.
+
+    Args:
+        config: a llama ``ModelConfig``.
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(LlamaDecoderLayer(config) for _ in range(config.num_layers))
+        self.norm = LlamaRMSNorm(config.hidden_size, config.layer_norm_eps)
+        self.rotary_emb = RotaryEmbedding(
+            config.head_dim, config.rope_theta, config.rope_scaling, config.max_position_embeddings
+        )
+        self.gradient_checkpointing = False
+
+    @property
+    def blocks(self) -> nn.ModuleList:
+        return self.layers
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.embed_tokens
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Final hidden states.
+
+        Args:
+            input_ids: (B, T) token ids, or None when ``inputs_embeds`` is given.
+            attention_mask: (B, T) 1 (keep) / 0 (pad), or None.
+            inputs_embeds: (B, T, C) input embeddings in place of ``input_ids``.
+            position_ids: (B, T) or (T,) positions; default 0..T-1 (as transformers without a cache).
+
+        Returns:
+            (B, T, C).
+        """
+        x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds  # (B, T, C)
+        T = x.shape[1]
+        if position_ids is None:
+            position_ids = torch.arange(T, device=x.device)  # (T,)
+        cos, sin = self.rotary_emb(position_ids, x.dtype)  # (T, hs) or (B, T, hs)
+        mask = build_mask(attention_mask, T, causal=True, device=x.device)  # (B, 1, T, T) or None
+        for layer in self.layers:
+            x = run_block(layer, self.gradient_checkpointing, x, cos, sin, mask)
+        return self.norm(x)
+
+
+def build_backbone(config: ModelConfig, head_kind: str | None = None) -> LlamaModel:
+    """The Llama backbone for ``config`` (the head kind does not change it)."""
+    return LlamaModel(config)
+
+
+FAMILY = Family(
+    model_type="llama",
+    prefix="model",
+    build_backbone=build_backbone,
+    hf_class="LlamaModel",
+    heads={
+        "causal-lm": HeadSpec(key="lm_head", build=lm_head, pooling="tokens", hf_class="LlamaForCausalLM", tied=True),
+        "classification": HeadSpec(
+            key="score", build=score_head, pooling="last", hf_class="LlamaForSequenceClassification"
+        ),
+        "regression": HeadSpec(key="score", build=score_head, pooling="last", hf_class="LlamaForSequenceClassification"),
+    },
+    skip=(r"rotary_emb\.inv_freq$",),
+    default_head="causal-lm",
+    is_decoder=True,
+)
