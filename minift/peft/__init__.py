@@ -1,1 +1,30 @@
-"""minift.peft"""
+"""minift.peft: parameter-efficient fine-tuning layers, injected into a loaded model by swapping modules.
+
+- ``lora.py``: ``LoRALinear`` (an ``nn.Linear`` with a low-rank update; explicit ``merge()`` / ``unmerge()``).
+- ``adapter.py``: bottleneck adapters (Houlsby / Pfeiffer placements) wrapping sub-layer output projections.
+- ``bitfit.py``: which parameters are biases (BitFit adds no module).
+- ``prompt.py``: ``SoftPrompt`` and the ``PromptModel`` wrapper (prompt tuning).
+- ``apply.py``: ``apply(model, method, **options)``, ``trainable_summary``, ``merge`` / ``unmerge``.
+- ``io.py``: ``save_trainable`` / ``load_trainable`` (safetensors + JSON).
+- ``export.py``: ``export_peft`` (peft's adapter format) and ``save_merged`` (an HF folder).
+"""
+from minift.peft.adapter import AdapterConfig, AdapterLinear, Bottleneck
+from minift.peft.apply import (
+    PeftSpec,
+    apply,
+    merge,
+    peft_modules,
+    trainable_parameters,
+    trainable_summary,
+    unmerge,
+)
+from minift.peft.export import export_peft, save_merged
+from minift.peft.io import load_trainable, save_trainable
+from minift.peft.lora import LoRAConfig, LoRALinear
+from minift.peft.prompt import PromptConfig, PromptModel, SoftPrompt
+
+__all__ = [
+    "AdapterConfig", "AdapterLinear", "Bottleneck", "LoRAConfig", "LoRALinear", "PeftSpec", "PromptConfig",
+    "PromptModel", "SoftPrompt", "apply", "export_peft", "load_trainable", "merge", "peft_modules", "save_merged",
+    "save_trainable", "trainable_parameters", "trainable_summary", "unmerge",
+]

@@ -1,0 +1,149 @@
+"""Bottleneck adapters (Houlsby and Pfeiffer placements).
+
+Houlsby et al., "Parameter-Efficient Transfer Learning for NLP", https://arxiv.org/abs/1902.00751 (Section 2.1,
+Figure 2): a bottleneck ``h + up(act(down(h)))`` after the attention output projection and after the feed-forward
+output projection, initialised near the identity. Pfeiffer et al., "AdapterFusion",
+https://arxiv.org/abs/2005.00247 (Section 4.1): one adapter per block, after the feed-forward only.
+
+An adapter wraps a sub-layer's *output module*: ``AdapterLinear`` is an ``nn.Linear`` that keeps that module's
+``weight`` / ``bias`` (same parameter objects, so no checkpoint key moves) and passes its output through the
+bottleneck. The output then goes on to the block's own dropout, residual add and norm, as in Houlsby's Figure 2.
+The up projection starts at exactly zero, so at initialisation the adapted model equals the base model.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "silu": nn.SiLU}
+
+# Block-relative names of each family's "attention output" and "feed-forward output" projections
+# (docs/ARCHITECTURE.md, module tree = HF keys). Houlsby adapts both, Pfeiffer only the feed-forward one.
+ADAPTER_SITES: dict[str, dict[str, str]] = {
+    "bert": {"attention": "attention.output.dense", "ffn": "output.dense"},
+    "roberta": {"attention": "attention.output.dense", "ffn": "output.dense"},
+    "gpt2": {"attention": "attn.c_proj", "ffn": "mlp.c_proj"},
+    "gpt_neo": {"attention": "attn.attention.out_proj", "ffn": "mlp.c_proj"},
+    "llama": {"attention": "self_attn.o_proj", "ffn": "mlp.down_proj"},
+}
+PLACEMENTS = {"houlsby": ("attention", "ffn"), "pfeiffer": ("ffn",)}
+
+
+@dataclass
+class AdapterConfig:
+    """Options of ``apply(model, "adapter", ...)``. Give exactly one of ``size`` / ``reduction_factor``."""
+
+    size: int | None = None  # bottleneck width m
+    reduction_factor: float | None = None  # m = hidden_size // reduction_factor
+    placement: str = "houlsby"  # "houlsby": after attention and FFN outputs; "pfeiffer": after the FFN only
+    activation: str = "relu"  # one of ACTIVATIONS
+
+    def __post_init__(self):
+        if (self.size is None) == (self.reduction_factor is None):
+            raise ValueError("give exactly one of adapter size=<int> or reduction_factor=<number>, "
+                             f"got size={self.size!r}, reduction_factor={self.reduction_factor!r}")
+        if self.size is not None and (not isinstance(self.size, int) or isinstance(self.size, bool) or self.size < 1):
+            raise ValueError(f"adapter size must be a positive integer, got {self.size!r}")
+        if self.reduction_factor is not None and (
+                not isinstance(self.reduction_factor, (int, float)) or self.reduction_factor <= 0):
+            raise ValueError(f"adapter reduction_factor must be a positive number, got {self.reduction_factor!r}")
+        if self.placement not in PLACEMENTS:
+            raise ValueError(f"unknown adapter placement {self.placement!r}; choose one of {sorted(PLACEMENTS)}")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"unknown adapter activation {self.activation!r}; choose one of {sorted(ACTIVATIONS)}")
+
+    def bottleneck_size(self, hidden_size: int) -> int:
+        """The bottleneck width ``m`` for hidden size ``C``."""
+        if self.size is not None:
+            return self.size
+        m = int(hidden_size // self.reduction_factor)
+        if m < 1:
+            raise ValueError(f"reduction_factor={self.reduction_factor} leaves no bottleneck for hidden size "
+                             f"{hidden_size}; use a smaller factor or size=<int>")
+        return m
+
+
+class Bottleneck(nn.Module):
+    """``h + up(act(down(h)))``: a residual bottleneck MLP.
+
+    Args:
+        hidden_size: width ``C`` of the hidden states.
+        size: bottleneck width ``m``.
+        activation: one of ``relu``, ``gelu``, ``tanh``, ``silu``.
+
+    ``down``: (m, C) Kaiming-uniform as ``nn.Linear``; ``up``: (C, m) and its bias at zero, so the block starts as
+    the identity.
+    """
+
+    def __init__(self, hidden_size: int, size: int, activation: str = "relu", device=None, dtype=None):
+        super().__init__()
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"unknown adapter activation {activation!r}; choose one of {sorted(ACTIVATIONS)}")
+        if not isinstance(size, int) or size < 1:
+            raise ValueError(f"adapter bottleneck size must be a positive integer, got {size!r}")
+        self.down = nn.Linear(hidden_size, size, device=device, dtype=dtype)
+        self.act = ACTIVATIONS[activation]()
+        self.up = nn.Linear(size, hidden_size, device=device, dtype=dtype)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        nn.init.kaiming_uniform_(self.down.weight, a=math.sqrt(5))
+        nn.init.zeros_(self.down.bias)
+        nn.init.zeros_(self.up.weight)
+        nn.init.zeros_(self.up.bias)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        """h: (..., C) -> (..., C)."""
+        return h + self.up(self.act(self.down(h)))  # (..., m) inside
+
+
+class AdapterLinear(nn.Linear):
+    """A sub-layer's output projection followed by a bottleneck adapter: ``adapter(x W^T + b)``.
+
+    Built with ``AdapterLinear.from_linear(linear, size, activation)``; the base ``weight`` / ``bias`` are the
+    original parameter objects, the new parameters live under ``adapter.down`` / ``adapter.up``.
+    """
+
+    def __init__(self, in_features: int, out_features: int, size: int, activation: str = "relu",
+                 bias: bool = True, device=None, dtype=None):
+        super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
+        self.adapter = Bottleneck(out_features, size, activation, device=device, dtype=dtype)
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, size: int, activation: str = "relu") -> AdapterLinear:
+        """Wrap an existing ``nn.Linear`` without copying its weights; the adapter is created on its device/dtype."""
+        if type(linear) is not nn.Linear:
+            raise TypeError(f"AdapterLinear.from_linear expects a plain nn.Linear, got {type(linear).__name__}")
+        new = cls(linear.in_features, linear.out_features, size, activation, bias=linear.bias is not None,
+                  device="meta", dtype=linear.weight.dtype)
+        new.weight = linear.weight
+        new.bias = linear.bias
+        new.adapter = Bottleneck(linear.out_features, size, activation,
+                                 device=linear.weight.device, dtype=linear.weight.dtype)
+        new.train(linear.training)
+        return new
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (..., C_in) -> (..., C_out)."""
+        return self.adapter(F.linear(x, self.weight, self.bias))  # (..., C_out)
+
+    def adapter_params(self) -> dict[str, nn.Parameter]:
+        """The parameters the adapter trains, by name relative to this module."""
+        return {f"adapter.{name}": p for name, p in self.adapter.named_parameters()}
+
+    def to_linear(self) -> nn.Linear:
+        """The plain base ``nn.Linear`` (same parameters), without the adapter."""
+        linear = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None, device="meta")
+        linear.weight = self.weight
+        linear.bias = self.bias
+        linear.train(self.training)
+        return linear
+
+
+def adapter_param_count(hidden_size: int, size: int, num_layers: int, placement: str) -> int:
+    """Parameters added by adapters: per adapter ``2 * C * m + m + C`` (down and up, with biases)."""
+    return len(PLACEMENTS[placement]) * num_layers * (2 * hidden_size * size + size + hidden_size)

@@ -1,0 +1,202 @@
+"""``apply(model, method, **options)``: put a PEFT method on a loaded ``TaskModel`` and choose what trains.
+
+Modules are swapped in place (walk ``named_modules``, match, ``setattr(parent, name, new)``, as HF PEFT's
+``_replace_module``); the model code knows nothing about PEFT. What trains is chosen by structure: the
+``adapter_params()`` of every PEFT module, the head (unless ``train_head=False``) and, for BitFit, every
+``bias`` parameter. Names are never matched by substring to decide what trains.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+
+from torch import nn
+
+from minift.peft.adapter import ADAPTER_SITES, PLACEMENTS, AdapterConfig, AdapterLinear
+from minift.peft.bitfit import bias_params
+from minift.peft.lora import DEFAULT_TARGETS, LoRAConfig, LoRALinear
+from minift.peft.prompt import PromptConfig, PromptModel, SoftPrompt
+
+
+@dataclass
+class BitFitConfig:
+    """Options of ``apply(model, "bitfit")``: none besides ``train_head``."""
+
+
+METHODS = {"lora": LoRAConfig, "adapter": AdapterConfig, "bitfit": BitFitConfig, "prompt": PromptConfig}
+TRAINABLE_HEADS = ("classification", "regression", "token-classification")
+
+
+@dataclass
+class PeftSpec:
+    """What ``apply`` did, recorded on the model as ``model.peft_spec`` (and saved by ``save_trainable``)."""
+
+    method: str  # "lora" | "adapter" | "bitfit" | "prompt"
+    options: dict = field(default_factory=dict)  # the method config's fields (asdict)
+    train_head: bool = True  # whether the head's weights train
+
+    def to_dict(self) -> dict:
+        return {"method": self.method, "options": dict(self.options), "train_head": self.train_head}
+
+
+def make_config(method: str, options: dict):
+    """The typed config of ``method`` from keyword ``options``; unknown methods / options raise ``ValueError``."""
+    if method not in METHODS:
+        raise ValueError(f"unknown PEFT method {method!r}; choose one of {sorted(METHODS)}")
+    cls = METHODS[method]
+    allowed = [f.name for f in fields(cls)]
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise ValueError(f"unknown option(s) {unknown} for PEFT method {method!r}; its options are "
+                         f"{allowed + ['train_head']}")
+    return cls(**options)
+
+
+def apply(model: nn.Module, method: str, *, train_head: bool | None = None, **options) -> nn.Module:
+    """Apply a PEFT method to ``model`` in place and set ``requires_grad`` on exactly what trains.
+
+    Args:
+        model: a ``TaskModel`` (see docs/ARCHITECTURE.md) without PEFT applied.
+        method: "lora" (``LoRAConfig``: r, alpha, dropout, targets), "adapter" (``AdapterConfig``: size or
+            reduction_factor, placement, activation), "bitfit" (no options) or "prompt" (``PromptConfig``:
+            num_virtual_tokens, init, token_ids).
+        train_head: whether the head's weights train. Default: True for classification, regression and token
+            classification heads; False for a causal-LM head or no head. Under BitFit the head's biases train
+            either way.
+
+    Returns:
+        ``model`` itself (LoRA, adapter, BitFit) or a ``PromptModel`` wrapping it (prompt). Either has a
+        ``peft_spec`` attribute (``PeftSpec``).
+    """
+    if find_peft_spec(model) is not None or peft_modules(model):
+        raise ValueError("this model already has PEFT applied; apply one method to a fresh model "
+                         "(minift.models.load_pretrained)")
+    cfg = make_config(method, options)
+    train_head = _resolve_train_head(model, train_head)
+    family = model.config.model_type
+    if method == "lora":
+        _apply_lora(model, cfg, family)
+    elif method == "adapter":
+        _apply_adapters(model, cfg, family)
+    elif method == "prompt":
+        emb = model.get_input_embeddings()
+        model = PromptModel(model, SoftPrompt(cfg.num_virtual_tokens, emb, cfg.init, cfg.token_ids))
+    base = model.model if isinstance(model, PromptModel) else model
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for module in peft_modules(model).values():
+        for p in module.adapter_params().values():
+            p.requires_grad_(True)
+    if train_head and base.head is not None:
+        for p in base.head.parameters():
+            p.requires_grad_(True)
+    if method == "bitfit":
+        biases = bias_params(base.backbone)
+        if not biases:
+            raise ValueError(f"BitFit trains bias terms, but this {family} backbone has none (e.g. Llama "
+                             "without attention_bias/mlp_bias); use method 'lora' or 'adapter' instead")
+        head_biases = bias_params(base.head) if base.head is not None else {}
+        for p in [*biases.values(), *head_biases.values()]:
+            p.requires_grad_(True)
+    model.peft_spec = PeftSpec(method, asdict(cfg), train_head)
+    return model
+
+
+def _resolve_train_head(model: nn.Module, train_head: bool | None) -> bool:
+    kind = model.head_kind
+    if train_head is None:
+        return kind in TRAINABLE_HEADS
+    if not isinstance(train_head, bool):
+        raise TypeError(f"train_head must be True, False or None (default), got {train_head!r}")
+    if train_head and kind not in TRAINABLE_HEADS:
+        if kind is None:
+            raise ValueError("train_head=True but the model has no head; load it with a head or drop train_head")
+        if getattr(model, "is_tied", False):
+            raise ValueError("train_head=True on a causal-LM head tied to the input embeddings would train the "
+                             "whole vocabulary matrix; leave train_head unset (False) for causal-LM models")
+    return train_head
+
+
+def _replace(parent_root: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = parent_root.get_submodule(parent_name) if parent_name else parent_root
+    setattr(parent, child, new)
+
+
+def _apply_lora(model: nn.Module, cfg: LoRAConfig, family: str) -> None:
+    targets = cfg.targets or list(DEFAULT_TARGETS.get(family, ()))
+    if not targets:
+        raise ValueError(f"no default LoRA targets for model type {family!r}; pass targets=[module names]")
+    backbone = model.backbone
+    linears = {name: m for name, m in backbone.named_modules() if isinstance(m, nn.Linear)}
+    chosen = {}
+    for target in targets:
+        hits = [name for name, m in backbone.named_modules() if name == target or name.endswith("." + target)]
+        if not hits:
+            known = sorted({name.rpartition(".")[2] for name in linears})
+            raise ValueError(f"LoRA target {target!r} matches no module of the {family} backbone; "
+                             f"its nn.Linear names are {known}")
+        wrong = [name for name in hits if name not in linears]
+        if wrong:
+            raise ValueError(f"LoRA target {target!r} matches modules that are not nn.Linear: {wrong[:3]}; "
+                             "LoRA applies to linear layers only")
+        chosen.update({name: linears[name] for name in hits})
+    for name, linear in chosen.items():
+        _replace(backbone, name, LoRALinear.from_linear(linear, cfg.r, cfg.alpha, cfg.dropout))
+
+
+def _apply_adapters(model: nn.Module, cfg: AdapterConfig, family: str) -> None:
+    if family not in ADAPTER_SITES:
+        raise ValueError(f"no adapter placement known for model type {family!r}; known: {sorted(ADAPTER_SITES)}")
+    size = cfg.bottleneck_size(model.config.hidden_size)
+    for block in model.blocks:
+        for site in PLACEMENTS[cfg.placement]:
+            name = ADAPTER_SITES[family][site]
+            linear = block.get_submodule(name)
+            _replace(block, name, AdapterLinear.from_linear(linear, size, cfg.activation))
+
+
+def peft_modules(model: nn.Module) -> dict[str, nn.Module]:
+    """Every module of ``model`` that owns PEFT parameters (has ``adapter_params()``), by qualified name."""
+    return {name: m for name, m in model.named_modules() if callable(getattr(type(m), "adapter_params", None))}
+
+
+def find_peft_spec(model: nn.Module) -> PeftSpec | None:
+    """The ``PeftSpec`` recorded by ``apply`` on ``model``, or None."""
+    spec = model.__dict__.get("peft_spec")
+    return spec if isinstance(spec, PeftSpec) else None
+
+
+def trainable_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
+    """``{name: parameter}`` of every parameter with ``requires_grad`` (tied parameters once)."""
+    return {name: p for name, p in model.named_parameters() if p.requires_grad}
+
+
+def trainable_summary(model: nn.Module) -> str:
+    """``trainable params: N || all params: M || trainable%: P``, formatted as peft's
+    ``print_trainable_parameters`` (thousands separators, P with 4 decimals). Tied parameters count once."""
+    params = list(model.parameters())
+    total = sum(p.numel() for p in params)
+    trainable = sum(p.numel() for p in params if p.requires_grad)
+    return f"trainable params: {trainable:,d} || all params: {total:,d} || trainable%: {100 * trainable / total:.4f}"
+
+
+def merge(model: nn.Module) -> nn.Module:
+    """Merge every LoRA layer into its base weight (idempotent). Raises if the model has no LoRA layer."""
+    layers = _lora_layers(model)
+    for layer in layers:
+        layer.merge()
+    return model
+
+
+def unmerge(model: nn.Module) -> nn.Module:
+    """Undo ``merge`` on every LoRA layer (idempotent)."""
+    for layer in _lora_layers(model):
+        layer.unmerge()
+    return model
+
+
+def _lora_layers(model: nn.Module) -> list[LoRALinear]:
+    layers = [m for m in model.modules() if isinstance(m, LoRALinear)]
+    if not layers:
+        raise ValueError("the model has no LoRA layers to merge; apply(model, 'lora', ...) first")
+    return layers

@@ -1,0 +1,144 @@
+"""Hand a minift LoRA to the Hugging Face world: peft's adapter format, or a merged transformers folder.
+
+``export_peft(model, folder)`` writes ``adapter_config.json`` + ``adapter_model.safetensors`` exactly as peft's
+``PeftModel.save_pretrained`` does for a LoRA (peft 0.21 layout): keys
+``base_model.model.<hf key>.lora_A.weight`` (r, C_in) / ``.lora_B.weight`` (C_out, r), and the trained head under
+``base_model.model.<head key>.<param>`` (peft's ``modules_to_save`` with the adapter name stripped). Our module
+names are the HF keys, so the mapping is a prefix and a suffix. GPT-2: our ``c_attn`` is an ``nn.Linear`` but
+transformers' is a ``Conv1D``; peft's LoRA matrices have the same shapes for both, only ``fan_in_fan_out`` must be
+true so that peft merges the transposed way.
+
+``save_merged(model, folder)`` merges the LoRA update into the base weights and writes an HF folder with
+``minift.models.save_pretrained`` (no LoRA keys: the LoRA layers are swapped for plain ``nn.Linear`` while
+writing and swapped back afterwards, leaving the model as it was).
+"""
+from __future__ import annotations
+
+import json
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from minift.peft.adapter import AdapterLinear
+from minift.peft.apply import find_peft_spec
+from minift.peft.lora import LoRALinear
+
+PEFT_TASK_TYPES = {
+    "classification": "SEQ_CLS",
+    "regression": "SEQ_CLS",
+    "token-classification": "TOKEN_CLS",
+    "causal-lm": "CAUSAL_LM",
+    None: "FEATURE_EXTRACTION",
+}
+
+
+def export_peft(model: nn.Module, folder: str | Path, base_model_name_or_path: str | None = None) -> Path:
+    """Write a LoRA model as a peft adapter folder that ``PeftModel.from_pretrained`` loads onto the matching
+    ``transformers`` model.
+
+    Args:
+        model: a model returned by ``apply(model, "lora", ...)`` (merged or not: the LoRA matrices are exported).
+        folder: output folder (created if needed).
+        base_model_name_or_path: recorded in ``adapter_config.json`` (peft uses it only for convenience loading).
+
+    The head (classification, regression, token classification) is always exported as a peft
+    ``modules_to_save`` entry, trained or not, because the base checkpoint usually lacks it.
+    """
+    spec = find_peft_spec(model)
+    if spec is None or spec.method != "lora":
+        method = spec.method if spec else "none"
+        raise ValueError(f"export_peft writes LoRA adapters; this model's PEFT method is {method!r}. Use "
+                         "save_trainable for minift's own format")
+    tensors = {}
+    for name, module in model.named_modules():
+        if isinstance(module, LoRALinear):
+            tensors[f"base_model.model.{name}.lora_A.weight"] = module.lora_A
+            tensors[f"base_model.model.{name}.lora_B.weight"] = module.lora_B
+    head_key, head = _head(model)
+    if head is not None:
+        for pname, p in head.named_parameters():
+            tensors[f"base_model.model.{head_key}.{pname}"] = p
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
+    options = spec.options
+    config = {
+        "peft_type": "LORA",
+        "task_type": PEFT_TASK_TYPES[model.head_kind],
+        "base_model_name_or_path": base_model_name_or_path,
+        "r": options["r"],
+        "lora_alpha": options["alpha"],
+        "lora_dropout": options["dropout"],
+        "target_modules": sorted({name.rpartition(".")[2] for name, m in model.named_modules()
+                                  if isinstance(m, LoRALinear)}),
+        "modules_to_save": [head_key] if head is not None else None,
+        "fan_in_fan_out": model.config.model_type == "gpt2",
+        "bias": "none",
+        "init_lora_weights": True,
+        "use_rslora": False,
+        "use_dora": False,
+        "inference_mode": True,
+    }
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(folder / "adapter_model.safetensors"), metadata={"format": "pt"})
+    (folder / "adapter_config.json").write_text(json.dumps(config, indent=2) + "\n")
+    return folder
+
+
+def _head(model: nn.Module) -> tuple[str | None, nn.Module | None]:
+    """The head's HF key and module when it is a task head peft saves as ``modules_to_save``."""
+    if model.head_kind in (None, "causal-lm"):
+        return None, None
+    key = next(name for name, m in model.named_children() if m is model.head)
+    return key, model.head
+
+
+@contextmanager
+def plain_linears(model: nn.Module):
+    """Temporarily replace every ``LoRALinear`` by a plain ``nn.Linear`` sharing its weight (merge first to keep
+    the update); the LoRA layers are put back on exit, even after an error."""
+    swapped = []
+    for name, module in list(model.named_modules()):
+        if isinstance(module, LoRALinear):
+            parent_name, _, child = name.rpartition(".")
+            parent = model.get_submodule(parent_name) if parent_name else model
+            setattr(parent, child, module.to_linear())
+            swapped.append((parent, child, module))
+    try:
+        yield model
+    finally:
+        for parent, child, module in swapped:
+            setattr(parent, child, module)
+
+
+def save_merged(model: nn.Module, folder: str | Path) -> Path:
+    """Write ``model`` with its LoRA merged as an HF folder (``config.json`` + ``model.safetensors``) that
+    ``transformers`` loads. The model is left as it was (merged or not). BitFit models are written as they are.
+
+    Raises ``ValueError`` for adapters and soft prompts, which have no merged form in the base architecture.
+    """
+    from minift.models import save_pretrained  # the models package writes the HF layout (key tables, transposes)
+
+    spec = find_peft_spec(model)
+    if spec is not None and spec.method == "prompt":
+        raise ValueError("a soft prompt cannot be merged into the base weights; save it with save_trainable "
+                         "(or export the base model and prompt separately)")
+    if any(isinstance(m, AdapterLinear) for m in model.modules()):
+        raise ValueError("bottleneck adapters add layers the base architecture lacks, so they cannot be merged; "
+                         "save them with save_trainable")
+    # Unmerged layers get their exact weights back afterwards (an unmerge would round in the last bit).
+    originals = {m: m.weight.detach().clone() for m in model.modules() if isinstance(m, LoRALinear) and not m.merged}
+    folder = Path(folder)
+    try:
+        for m in originals:
+            m.merge()
+        with torch.no_grad(), plain_linears(model):
+            save_pretrained(model, folder)
+    finally:
+        with torch.no_grad():
+            for m, weight in originals.items():
+                m.weight.copy_(weight)
+                m.merged = False
+    return folder

@@ -1,0 +1,105 @@
+"""Save exactly the trainable tensors of a PEFT model, and load them onto a fresh base model.
+
+A folder holds ``peft_config.json`` (the method, its options, ``train_head``, the model type) and
+``peft_trainable.safetensors`` (every parameter with ``requires_grad``, under its name in the model: for LoRA
+``bert.encoder.layer.0.attention.self.query.lora_A``, for a soft prompt ``prompt.embedding``, the head's HF keys).
+Nothing is pickled. Loading re-applies the method to the fresh base model and copies the tensors in, which
+reproduces the trained model's outputs exactly.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from minift.peft.apply import METHODS, PeftSpec, apply, find_peft_spec, make_config, trainable_parameters
+
+CONFIG_NAME = "peft_config.json"
+WEIGHTS_NAME = "peft_trainable.safetensors"
+FORMAT = "minift-peft"
+
+
+def save_trainable(model: nn.Module, folder: str | Path) -> Path:
+    """Write the trainable tensors and the method's config to ``folder`` (created if needed).
+
+    Returns the folder. Raises ``ValueError`` when no PEFT method was applied (use
+    ``minift.models.save_pretrained`` to save a fully fine-tuned model).
+    """
+    spec = find_peft_spec(model)
+    if spec is None:
+        raise ValueError("save_trainable needs a model returned by minift.peft.apply(...); for full fine-tuning "
+                         "save the whole model with minift.models.save_pretrained")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    # clone: safetensors refuses tensors sharing storage, and the file must not alias live parameters.
+    tensors = {name: p.detach().to("cpu").contiguous().clone() for name, p in trainable_parameters(model).items()}
+    save_file(tensors, str(folder / WEIGHTS_NAME), metadata={"format": FORMAT})
+    config = {"format": FORMAT, "version": 1, "model_type": model.config.model_type, **spec.to_dict()}
+    (folder / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
+    return folder
+
+
+def read_spec(folder: str | Path) -> tuple[PeftSpec, dict]:
+    """The ``PeftSpec`` and raw config saved in ``folder`` by ``save_trainable`` (validated)."""
+    path = Path(folder) / CONFIG_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: pass a folder written by minift.peft.save_trainable")
+    try:
+        config = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON ({err}); re-save the adapter with save_trainable") from err
+    if not isinstance(config, dict) or config.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a minift PEFT config (no \"format\": \"{FORMAT}\"); a peft "
+                         "adapter_config.json is loaded with peft's PeftModel.from_pretrained instead")
+    method = config.get("method")
+    if method not in METHODS:
+        raise ValueError(f"{path}: unknown method {method!r}; expected one of {sorted(METHODS)}")
+    options = config.get("options") or {}
+    if not isinstance(options, dict):
+        raise TypeError(f"{path}: \"options\" must be an object, got {type(options).__name__}")
+    return PeftSpec(method, options, bool(config.get("train_head", True))), config
+
+
+def load_trainable(model: nn.Module, folder: str | Path) -> nn.Module:
+    """Apply the saved method to ``model`` (a fresh base model) and load the saved trainable tensors.
+
+    ``model`` may also already carry the same method (same options), e.g. to reload into a model being trained.
+    Returns the model (a ``PromptModel`` wrapper for the prompt method). Raises ``ValueError`` naming the keys
+    when the saved tensors do not match the model's trainable parameters (missing, unexpected, wrong shape).
+    """
+    spec, config = read_spec(folder)
+    folder = Path(folder)
+    if config.get("model_type") != model.config.model_type:
+        raise ValueError(f"{folder} holds a PEFT state for a {config.get('model_type')!r} model, but the model is "
+                         f"{model.config.model_type!r}; load it onto the base model it was trained from")
+    current = find_peft_spec(model)
+    if current is None:
+        model = apply(model, spec.method, train_head=spec.train_head, **spec.options)
+    elif current.to_dict() != _normalised(spec).to_dict():
+        raise ValueError(f"the model already has PEFT {current.to_dict()} but {folder} holds "
+                         f"{spec.to_dict()}; load onto a fresh base model instead")
+    path = folder / WEIGHTS_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found next to {CONFIG_NAME}; the folder is incomplete, re-save it")
+    saved = load_file(str(path))
+    params = trainable_parameters(model)
+    missing = sorted(set(params) - set(saved))
+    unexpected = sorted(set(saved) - set(params))
+    wrong = sorted(k for k in set(params) & set(saved) if tuple(params[k].shape) != tuple(saved[k].shape))
+    if missing or unexpected or wrong:
+        raise ValueError(f"{path} does not match the model's trainable parameters: missing {missing[:5]}, "
+                         f"unexpected {unexpected[:5]}, wrong shape {wrong[:5]}; was it saved from a different "
+                         "base model or method?")
+    with torch.no_grad():
+        for name, p in params.items():
+            p.copy_(saved[name].to(device=p.device, dtype=p.dtype))
+    return model
+
+
+def _normalised(spec: PeftSpec) -> PeftSpec:
+    """``spec`` with its options filled in and normalised by the method's config, as ``apply`` records them."""
+    return PeftSpec(spec.method, asdict(make_config(spec.method, spec.options)), spec.train_head)
