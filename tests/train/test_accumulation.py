@@ -1,0 +1,75 @@
+"""Gradient accumulation equals one big batch: 4 micro-batches of 8 give the gradients of one batch of 32."""
+import pytest
+import torch
+
+from minift.train.batching import BatchPlan
+from minift.train.loop import LoopSettings, backward_window, fit
+from trainkit import collate, random_batch, tiny_bert, tiny_llama
+
+SCALER_OFF = torch.amp.GradScaler("cpu", enabled=False)
+
+
+def grads(model):
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def window_grads(model, rows, sizes, kind):
+    """Gradients after backward_window over micro-batches of the given sizes."""
+    model.zero_grad(set_to_none=True)
+    chunks, start = [], 0
+    for size in sizes:
+        chunks.append((collate(rows[start:start + size]), True))
+        start += size
+    backward_window(model, chunks, kind, "fp32", torch.device("cpu"), SCALER_OFF)
+    return grads(model)
+
+
+def assert_grads_equal(a, b):
+    assert a.keys() == b.keys() and len(a) > 0
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], atol=1e-6, rtol=0, msg=f"gradient of {name}")
+
+
+def test_classification_4x8_equals_32_with_unequal_lengths(tmp_path):
+    model = tiny_bert(tmp_path).train()  # dropout is 0 in this config
+    rows = random_batch(32, [3, 7, 12, 5, 20, 9], "classification")
+    assert_grads_equal(window_grads(model, rows, [8, 8, 8, 8], "classification"),
+                       window_grads(model, rows, [32], "classification"))
+
+
+def test_token_weighted_lm_loss_with_unequal_target_counts(tmp_path):
+    model = tiny_llama(tmp_path).train()
+    rows = random_batch(32, [4, 17, 9, 25, 6], "causal-lm")
+    micro = window_grads(model, rows, [8, 8, 8, 8], "causal-lm")
+    assert_grads_equal(micro, window_grads(model, rows, [32], "causal-lm"))
+    # The per-micro-batch mean would differ here: the micro-batches hold different numbers of target tokens.
+    counts = [int((collate(rows[i:i + 8])["labels"][:, 1:] != -100).sum()) for i in range(0, 32, 8)]
+    assert len(set(counts)) > 1
+
+
+def test_partial_last_window(tmp_path):
+    model = tiny_llama(tmp_path).train()
+    rows = random_batch(20, [4, 11, 7], "causal-lm")
+    assert_grads_equal(window_grads(model, rows, [8, 8, 4], "causal-lm"),
+                       window_grads(model, rows, [20], "causal-lm"))
+
+
+@pytest.mark.parametrize("kind", ["classification", "causal-lm"])
+def test_whole_run_with_accumulation_matches_big_batches(tmp_path, kind):
+    """fit() with 4 × 8 and 1 × 32 (100 examples: a partial last window) ends with the same weights (SGD)."""
+    rows = random_batch(100, [3, 9, 14, 6], kind)
+    finals = []
+    for batch_size, accum in ((8, 4), (32, 1)):
+        model = (tiny_bert(tmp_path) if kind == "classification" else tiny_llama(tmp_path)).train()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+        plan = BatchPlan([len(r["input_ids"]) for r in rows], lambda idx: collate([rows[i] for i in idx]),
+                         batch_size, seed=3, group_by_length=False)
+        settings = LoopSettings(kind=kind, epochs=2, grad_accum=accum, precision="fp32", device=torch.device("cpu"),
+                                eval_each_epoch=False, log_every=1)
+        state = fit(model, optimizer, scheduler, SCALER_OFF, plan, settings, evaluate=dict, on_best=lambda: None,
+                    log=lambda record: None)
+        assert state.step == 8 and state.stopped == ""
+        finals.append({n: p.detach().clone() for n, p in model.named_parameters()})
+    for name, value in finals[0].items():
+        torch.testing.assert_close(value, finals[1][name], atol=1e-6, rtol=0, msg=name)

@@ -1,0 +1,73 @@
+"""Tiny real checkpoints for the training tests: a 2-layer, width-32, vocab-100 model written by transformers
+into a folder, then loaded with minift (so the tests train our real model code)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from minift.models import load_pretrained
+
+
+def tiny_bert_folder(folder: Path, num_labels: int = 3, dropout: float = 0.0) -> Path:
+    """A random BertForSequenceClassification (2 layers, width 32, vocab 100) saved as an HF folder."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    config = BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=64, max_position_embeddings=64, num_labels=num_labels,
+                        hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
+    torch.manual_seed(0)
+    BertForSequenceClassification(config).save_pretrained(folder)
+    return Path(folder)
+
+
+def tiny_llama_folder(folder: Path) -> Path:
+    """A random LlamaForCausalLM (2 layers, width 32, vocab 100) saved as an HF folder."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, intermediate_size=64, max_position_embeddings=64)
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    return Path(folder)
+
+
+def tiny_bert(tmp_path: Path, num_labels: int = 3, dropout: float = 0.0, head: str = "classification"):
+    folder = tiny_bert_folder(tmp_path / "bert", num_labels, dropout)
+    return load_pretrained(folder, head=head, num_labels=num_labels)
+
+
+def tiny_llama(tmp_path: Path):
+    return load_pretrained(tiny_llama_folder(tmp_path / "llama"), head="causal-lm")
+
+
+def random_batch(n: int, lengths: list[int], kind: str, num_labels: int = 3, seed: int = 0) -> list[dict]:
+    """``n`` single-example feature dicts with the given token lengths (cycled) and random labels."""
+    g = torch.Generator().manual_seed(seed)
+    rows = []
+    for i in range(n):
+        t = lengths[i % len(lengths)]
+        ids = torch.randint(1, 100, (t,), generator=g)
+        if kind == "classification":
+            label = torch.randint(0, num_labels, (), generator=g)
+        else:  # causal-lm: predict everything after a random prompt length
+            label = ids.clone()
+            label[: int(torch.randint(1, t, (), generator=g))] = -100
+        rows.append({"input_ids": ids, "labels": label})
+    return rows
+
+
+def collate(rows: list[dict]) -> dict:
+    """Right-pad a list of feature dicts into a batch (pad id 0, label -100 on padding)."""
+    T = max(len(r["input_ids"]) for r in rows)
+    ids = torch.zeros(len(rows), T, dtype=torch.long)
+    mask = torch.zeros(len(rows), T, dtype=torch.long)
+    token_labels = rows[0]["labels"].ndim == 1
+    labels = torch.full((len(rows), T), -100, dtype=torch.long) if token_labels else torch.stack(
+        [r["labels"] for r in rows])
+    for i, r in enumerate(rows):
+        t = len(r["input_ids"])
+        ids[i, :t], mask[i, :t] = r["input_ids"], 1
+        if token_labels:
+            labels[i, :t] = r["labels"]
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
