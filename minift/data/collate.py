@@ -1,0 +1,115 @@
+"""Batches from features: dynamic padding to the longest sequence of the batch, and length-grouped
+batch sampling so that batches waste little padding."""
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from minift.data.encode import IGNORE_INDEX
+
+
+def collate(features: Sequence[dict], pad_id: int, padding_side: str = "right",
+            pad_to_multiple_of: int | None = None) -> dict[str, torch.Tensor]:
+    """Pad features into a batch.
+
+    Args:
+        features: dicts with ``input_ids`` (list of ints), optionally ``token_type_ids``, and ``labels``
+            (an int, a float, or a list of ints aligned with ``input_ids``).
+        pad_id: the tokenizer's pad id (``special_ids(tokenizer).pad``).
+        padding_side: "right" (training, classification) or "left" (prompts for generation).
+        pad_to_multiple_of: round the padded length up to a multiple of this (tensor-core friendly).
+
+    Returns:
+        ``input_ids`` (B, T) long, ``attention_mask`` (B, T) long 1/0, ``token_type_ids`` (B, T) long when the
+        features have them, ``labels``: (B,) long for classes, (B,) float for regression, (B, T) long with
+        -100 on padding for per-token labels.
+    """
+    if not features:
+        raise ValueError("cannot collate an empty batch")
+    if padding_side not in ("left", "right"):
+        raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+    T = max(len(f["input_ids"]) for f in features)
+    if pad_to_multiple_of:
+        T = -(-T // pad_to_multiple_of) * pad_to_multiple_of
+
+    def pad(values: list, fill) -> list:
+        filler = [fill] * (T - len(values))
+        return values + filler if padding_side == "right" else filler + values
+
+    batch = {
+        "input_ids": torch.tensor([pad(list(f["input_ids"]), pad_id) for f in features], dtype=torch.long),
+        "attention_mask": torch.tensor([pad([1] * len(f["input_ids"]), 0) for f in features], dtype=torch.long),
+    }
+    if "token_type_ids" in features[0]:
+        batch["token_type_ids"] = torch.tensor([pad(list(f["token_type_ids"]), 0) for f in features],
+                                               dtype=torch.long)
+    if "labels" in features[0]:
+        labels = [f["labels"] for f in features]
+        if isinstance(labels[0], (list, tuple)):
+            batch["labels"] = torch.tensor([pad(list(x), IGNORE_INDEX) for x in labels], dtype=torch.long)
+        elif isinstance(labels[0], float):
+            batch["labels"] = torch.tensor(labels, dtype=torch.float32)
+        else:
+            batch["labels"] = torch.tensor(labels, dtype=torch.long)
+    return batch
+
+
+@dataclass
+class Collator:
+    """``collate`` with fixed options, as a ``DataLoader(collate_fn=...)``."""
+
+    pad_id: int  # the tokenizer's pad id
+    padding_side: str = "right"  # "left" for generation prompts
+    pad_to_multiple_of: int | None = None  # round T up to a multiple of this
+
+    def __call__(self, features: Sequence[dict]) -> dict[str, torch.Tensor]:
+        return collate(features, self.pad_id, self.padding_side, self.pad_to_multiple_of)
+
+
+def length_grouped_batches(lengths: Sequence[int], batch_size: int, seed: int, mega_batch_mult: int = 50,
+                           drop_last: bool = False) -> list[list[int]]:
+    """Batches of indices of similar length, in a seeded random order.
+
+    As transformers' ``LengthGroupedSampler``: shuffle all indices with ``random.Random(seed)``, cut them into
+    mega-batches of ``mega_batch_mult * batch_size``, sort each mega-batch by length (longest first), cut it into
+    batches, and shuffle the batch order. Every index appears exactly once (the last batch may be short
+    unless ``drop_last``).
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    rng = random.Random(seed)
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    mega = batch_size * max(1, mega_batch_mult)
+    batches = []
+    for start in range(0, len(order), mega):
+        group = sorted(order[start:start + mega], key=lambda i: -lengths[i])
+        batches.extend(group[i:i + batch_size] for i in range(0, len(group), batch_size))
+    if drop_last:
+        batches = [b for b in batches if len(b) == batch_size]
+    rng.shuffle(batches)
+    return batches
+
+
+class LengthGroupedBatchSampler(torch.utils.data.Sampler):
+    """A ``DataLoader(batch_sampler=...)`` of length-grouped batches; ``set_epoch(e)`` reshuffles with
+    ``seed + e`` so that every epoch differs and a resumed run sees the same batches."""
+
+    def __init__(self, lengths: Sequence[int], batch_size: int, seed: int = 0, mega_batch_mult: int = 50,
+                 drop_last: bool = False):
+        self.lengths, self.batch_size, self.seed = list(lengths), batch_size, seed
+        self.mega_batch_mult, self.drop_last, self.epoch = mega_batch_mult, drop_last, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[list[int]]:
+        yield from length_grouped_batches(self.lengths, self.batch_size, self.seed + self.epoch,
+                                          self.mega_batch_mult, self.drop_last)
+
+    def __len__(self) -> int:
+        full, rest = divmod(len(self.lengths), self.batch_size)
+        return full if self.drop_last else full + (rest > 0)
