@@ -21,7 +21,8 @@ import torch.nn.functional as F
 def padding_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     """``(B, T)`` 1/0 mask → boolean ``(B, 1, 1, T)`` key mask, True where the key is a real token."""
     if attention_mask.dim() != 2:
-        raise ValueError(f"attention_mask must be (B, T) of 1 (keep) / 0 (pad), got shape {tuple(attention_mask.shape)}")
+        shape = tuple(attention_mask.shape)
+        raise ValueError(f"attention_mask must be (B, T) of 1 (keep) / 0 (pad), got shape {shape}")
     return attention_mask.bool()[:, None, None, :]
 
 

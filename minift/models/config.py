@@ -222,7 +222,8 @@ class ModelConfig:
             d["attention_layers"] = list(self.attention_layers)
         if self.model_type == "llama":
             if "rope_parameters" in d:  # 5.x form
-                d["rope_parameters"] = {"rope_type": "default", **(self.rope_scaling or {}), "rope_theta": self.rope_theta}
+                scaling = self.rope_scaling or {}
+                d["rope_parameters"] = {"rope_type": "default", **scaling, "rope_theta": self.rope_theta}
             else:  # 4.x form, which 5.x also reads
                 d["rope_theta"], d["rope_scaling"] = self.rope_theta, self.rope_scaling
         return d
@@ -248,11 +249,12 @@ def _model_type(d: dict) -> str:
 
 
 def _gpt_neo_layers(d: dict) -> list[str]:
+    # transformers sets attention_layers from attention_types, then overwrites it with a saved attention_layers
+    if d.get("attention_layers"):
+        return list(d["attention_layers"])
     if d.get("attention_types"):  # [[["global", "local"], 12]] → repeat the pattern 12 times
-        layers = [kind for pattern, repeat in d["attention_types"] for _ in range(repeat) for kind in pattern]
-    else:
-        layers = list(d.get("attention_layers") or ["global"] * d["num_layers"])
-    return layers
+        return [kind for pattern, repeat in d["attention_types"] for _ in range(repeat) for kind in pattern]
+    return ["global"] * d["num_layers"]
 
 
 def _rope(d: dict) -> tuple[float, dict | None]:
