@@ -118,7 +118,7 @@ def _byte_level_bpe(folder: Path, options: dict, family: str) -> Tokenizer:
             if token not in vocab:
                 raise DataError(f"{folder / 'vocab.json'}: special token {token!r} is not in the vocabulary")
         tokenizer.post_processor = processors.RobertaProcessing(
-            sep=(sep, vocab[sep]), cls=(cls, vocab[cls]), trim_offsets=True, add_prefix_space=prefix_space)
+            (sep, vocab[sep]), (cls, vocab[cls]), trim_offsets=True, add_prefix_space=prefix_space)
     else:
         eos = _token(options.get("eos_token", "<|endoftext|>"))
         if eos in vocab:

@@ -1,0 +1,111 @@
+"""load_tokenizer against transformers' tokenizers: BERT (MiniLM's folder, and vocab.txt alone), and byte-level
+BPE folders (RoBERTa / GPT-2 post-processing) built in tmp_path."""
+import json
+import shutil
+
+import pytest
+from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+from minift.data import DataError, load_tokenizer, special_ids, uses_token_type_ids
+
+PAIRS = [
+    ("The food was great.", "but the service was slow and the waiter, rude!"),
+    ("battery life", "The battery life of this laptop is amazing; it lasts all day."),
+    ("Héllo wörld", "accents and UPPER case"),
+]
+
+
+def _hf(folder, cls_name):
+    transformers = pytest.importorskip("transformers")
+    return getattr(transformers, cls_name).from_pretrained(str(folder))
+
+
+def _assert_same(ours, theirs, first, second=None, max_length=None, with_types=True):
+    if max_length is not None:
+        ours.enable_truncation(max_length, strategy="longest_first")
+    enc = ours.encode(first, second) if second is not None else ours.encode(first)
+    ref = theirs(first, second, truncation=max_length is not None, max_length=max_length,
+                 return_token_type_ids=with_types)
+    assert enc.ids == ref["input_ids"]
+    if with_types:
+        assert enc.type_ids == ref["token_type_ids"]
+    ours.no_truncation()
+
+
+def test_minilm_tokenizer_json_matches_transformers_for_pairs(minilm_dir):
+    ours = load_tokenizer(minilm_dir)
+    assert ours.padding is None and ours.truncation is None  # switched off although the file has them
+    theirs = _hf(minilm_dir, "AutoTokenizer")
+    for first, second in PAIRS:
+        _assert_same(ours, theirs, first, second)
+        _assert_same(ours, theirs, first)
+        _assert_same(ours, theirs, first, second, max_length=12)
+    assert uses_token_type_ids(ours)
+    ids = special_ids(ours)
+    assert (ids.pad, ids.cls, ids.sep) == (theirs.pad_token_id, theirs.cls_token_id, theirs.sep_token_id)
+
+
+def test_vocab_txt_folder_builds_bert_wordpiece(minilm_dir, tmp_path):
+    for name in ("vocab.txt", "tokenizer_config.json"):
+        shutil.copy(minilm_dir / name, tmp_path / name)
+    ours = load_tokenizer(tmp_path)
+    theirs = _hf(minilm_dir, "AutoTokenizer")
+    for first, second in PAIRS:
+        _assert_same(ours, theirs, first, second)
+        _assert_same(ours, theirs, first, second, max_length=10)
+
+
+@pytest.fixture
+def bpe_folder(tmp_path):
+    """A tiny byte-level BPE vocabulary (vocab.json + merges.txt) trained on a few sentences."""
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    corpus = [first + " " + second for first, second in PAIRS] * 10
+    trainer = trainers.BpeTrainer(vocab_size=320, special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tokenizer.train_from_iterator(corpus, trainer)
+    tokenizer.model.save(str(tmp_path))
+    return tmp_path
+
+
+def test_roberta_bpe_folder_matches_transformers(bpe_folder):
+    (bpe_folder / "config.json").write_text(json.dumps({"model_type": "roberta"}))
+    ours = load_tokenizer(bpe_folder)
+    theirs = _hf(bpe_folder, "RobertaTokenizerFast")
+    for first, second in PAIRS:
+        _assert_same(ours, theirs, first, second, with_types=False)  # <s> A </s></s> B </s>
+        _assert_same(ours, theirs, first, with_types=False)
+        _assert_same(ours, theirs, first, second, max_length=16, with_types=False)
+    enc = ours.encode("fox", "dog")
+    sep = ours.token_to_id("</s>")
+    assert enc.ids[0] == ours.token_to_id("<s>") and enc.ids.count(sep) == 3
+    assert not uses_token_type_ids(ours)  # RoBERTa has one token type: never feed type 1
+    assert special_ids(ours).pad == theirs.pad_token_id
+
+
+def test_gpt2_bpe_folder_matches_transformers(bpe_folder):
+    (bpe_folder / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
+    ours = load_tokenizer(bpe_folder)
+    theirs = _hf(bpe_folder, "GPT2TokenizerFast")
+    for first, second in PAIRS:
+        _assert_same(ours, theirs, first, second, with_types=False)
+        _assert_same(ours, theirs, first, with_types=False)
+    assert not uses_token_type_ids(ours)
+
+
+def test_bpe_folder_without_model_type_is_a_clear_error(bpe_folder):
+    with pytest.raises(DataError, match="model_type"):
+        load_tokenizer(bpe_folder)
+
+
+def test_missing_tokenizer_files_are_named(tmp_path):
+    with pytest.raises(DataError, match="tokenizer.json, vocab.txt"):
+        load_tokenizer(tmp_path)
+    with pytest.raises(DataError, match="neither a model folder nor a .gguf"):
+        load_tokenizer(tmp_path / "absent")
+
+
+def test_special_ids_prefer_the_model_config(minilm_dir):
+    tokenizer = load_tokenizer(minilm_dir)
+    assert special_ids(tokenizer, {"pad_token_id": 5, "eos_token_id": 7}).pad == 5
+    assert special_ids(tokenizer, {"eos_token_id": 7}).eos == 7
