@@ -10,7 +10,7 @@ from minift.data import DataError, load_task, resolve_data_dir, task_names
 from minift.data.readers_text import clean_agnews
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _load(name, root):
     """load_task once per name for this module (the real files do not change during a run)."""
     return load_task(name, root)
