@@ -69,8 +69,8 @@ def encode(task: Task, examples: Sequence[Example], tokenizer: Tokenizer, max_le
 
 
 def _space_prefixed_words(tokenizer: Tokenizer) -> bool:
-    # A byte-level BPE sees each pre-tokenized word alone: words after the first need their leading space,
-    # or "Ġword" would become "word" (transformers asks for add_prefix_space=True for the same reason).
+    # A byte-level BPE sees each pre-tokenized word alone: without a leading space "Ġword" would become "word".
+    # Every word gets one, as transformers does with the add_prefix_space=True it requires for word input.
     pre = json.dumps(json.loads(tokenizer.to_str()).get("pre_tokenizer") or {})
     return '"ByteLevel"' in pre and not re.search(r'"add_prefix_space":\s*true', pre)
 
@@ -84,7 +84,7 @@ def encode_words(examples: Sequence[Example], tokenizer: Tokenizer, max_length: 
     for ex in examples:
         if ex.words is None or len(ex.words) != len(ex.label):
             raise DataError(f"example {ex.id!r}: token classification needs as many tags as words")
-        batch.append([w if i == 0 or not prefix else " " + w for i, w in enumerate(ex.words)])
+        batch.append([" " + w for w in ex.words] if prefix else list(ex.words))
     with _truncating(tokenizer, max_length):
         encodings = tokenizer.encode_batch(batch, is_pretokenized=True, add_special_tokens=True)
     features = []

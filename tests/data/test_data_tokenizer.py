@@ -4,7 +4,6 @@ import json
 import shutil
 
 import pytest
-from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
 from minift.data import DataError, load_tokenizer, special_ids, uses_token_type_ids
 
@@ -53,19 +52,6 @@ def test_vocab_txt_folder_builds_bert_wordpiece(minilm_dir, tmp_path):
     for first, second in PAIRS:
         _assert_same(ours, theirs, first, second)
         _assert_same(ours, theirs, first, second, max_length=10)
-
-
-@pytest.fixture
-def bpe_folder(tmp_path):
-    """A tiny byte-level BPE vocabulary (vocab.json + merges.txt) trained on a few sentences."""
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    corpus = [first + " " + second for first, second in PAIRS] * 10
-    trainer = trainers.BpeTrainer(vocab_size=320, special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tokenizer.train_from_iterator(corpus, trainer)
-    tokenizer.model.save(str(tmp_path))
-    return tmp_path
 
 
 def test_roberta_bpe_folder_matches_transformers(bpe_folder):
