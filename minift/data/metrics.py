@@ -36,7 +36,8 @@ def classification_metrics(predictions, labels, num_labels: int) -> dict[str, fl
         "mcc": float(skm.matthews_corrcoef(y_true, y_pred)),
     }
     if num_labels == 2:
-        result["f1"] = float(skm.f1_score(y_true, y_pred, pos_label=1, average="binary", zero_division=0))
+        # F1 of the positive class; labels=[1] rather than average="binary", which rejects a -1 prediction
+        result["f1"] = float(skm.f1_score(y_true, y_pred, labels=[1], average="micro", zero_division=0))
     return result
 
 
