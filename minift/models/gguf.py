@@ -1,0 +1,311 @@
+"""Load llama.cpp GGUF files: dequantized Llama weights as a ``TaskModel`` and the tokenizer from the metadata.
+
+GGUF (https://github.com/ggml-org/ggml/blob/master/docs/gguf.md) stores the config as ``llama.*`` metadata,
+the tokenizer as ``tokenizer.ggml.*`` metadata and the tensors under llama.cpp names, possibly quantized.  We
+read it with the ``gguf`` package (an optional dependency: ``pip install "minift[gguf]"``), dequantize with
+``gguf.quants.dequantize``, rename with the one table below and undo the permutation llama.cpp's
+``convert_hf_to_gguf.py`` applies to the Q and K projections (it interleaves the two rotary halves of each
+head; HF Llama keeps them as halves).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from minift.models.config import ModelConfig
+from minift.models.errors import CheckpointError, ConfigError, ModelLoadError
+from minift.models.registry import HEAD_KINDS, get_family
+from minift.models.task_model import TaskModel
+
+# llama.cpp tensor name → HF Llama key ({i}: block index). The one place GGUF names are known.
+GGUF_TO_HF = {
+    "token_embd": "model.embed_tokens",
+    "output_norm": "model.norm",
+    "output": "lm_head",
+    "blk.{i}.attn_norm": "model.layers.{i}.input_layernorm",
+    "blk.{i}.attn_q": "model.layers.{i}.self_attn.q_proj",
+    "blk.{i}.attn_k": "model.layers.{i}.self_attn.k_proj",
+    "blk.{i}.attn_v": "model.layers.{i}.self_attn.v_proj",
+    "blk.{i}.attn_output": "model.layers.{i}.self_attn.o_proj",
+    "blk.{i}.ffn_norm": "model.layers.{i}.post_attention_layernorm",
+    "blk.{i}.ffn_gate": "model.layers.{i}.mlp.gate_proj",
+    "blk.{i}.ffn_up": "model.layers.{i}.mlp.up_proj",
+    "blk.{i}.ffn_down": "model.layers.{i}.mlp.down_proj",
+}
+# GGUF tensors deliberately not loaded: rope_freqs holds llama3 frequency factors (applied to RoPE instead).
+GGUF_SKIP = (r"^rope_freqs\.weight$",)
+SUPPORTED_ARCHITECTURES = ("llama",)
+# tokenizer.ggml.pre → how llama.cpp splits text before byte-level BPE (llama-vocab.cpp's regex_exprs).
+_LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+                 r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+_PRE_TOKENIZERS = {
+    **dict.fromkeys(("default", "gpt2", "gpt-2", "mpt", "olmo", "jais"), ("gpt2", False)),
+    **dict.fromkeys(("smollm", "starcoder", "refact", "command-r", "codeshell", "exaone"), ("gpt2", True)),
+    **dict.fromkeys(("llama3", "llama-v3", "llama-bpe", "smaug-bpe", "dbrx", "falcon3"), ("llama3", False)),
+}
+_CONTROL, _USER_DEFINED = 3, 4  # tokenizer.ggml.token_type values (llama.cpp's llama_token_type)
+
+
+def _gguf():
+    try:
+        import gguf
+    except ImportError as e:
+        raise ModelLoadError('reading .gguf files needs the optional "gguf" package: pip install "minift[gguf]"') from e
+    return gguf
+
+
+def _reader(path: str | Path):
+    path = Path(path)
+    if not path.is_file():
+        raise ModelLoadError(f"GGUF file {path} does not exist")
+    gguf = _gguf()
+    try:
+        return gguf.GGUFReader(str(path))
+    except Exception as e:  # the reader raises ValueError/struct errors/IndexError on bad files
+        raise CheckpointError(f"cannot read {path} as GGUF ({type(e).__name__}: {e}); the file is truncated or "
+                              "not a GGUF file: download it again") from e
+
+
+def _meta(reader, key: str, default: Any = None) -> Any:
+    """The value of metadata ``key`` (scalars as Python numbers/str, arrays as lists), or ``default``."""
+    field = reader.fields.get(key)
+    return default if field is None else field.contents()
+
+
+def gguf_config(reader, path: str | Path = "<gguf>") -> ModelConfig:
+    """A Llama ``ModelConfig`` from the GGUF ``llama.*`` and ``tokenizer.ggml.*`` metadata."""
+    arch = _meta(reader, "general.architecture")
+    if arch not in SUPPORTED_ARCHITECTURES:
+        raise ConfigError(f"{path}: GGUF architecture {arch!r} is not supported; minift reads "
+                          f"{list(SUPPORTED_ARCHITECTURES)} GGUF files (convert other models from their HF folder)")
+
+    def need(key: str):
+        value = _meta(reader, f"{arch}.{key}")
+        if value is None:
+            raise ConfigError(f"{path}: GGUF metadata lacks '{arch}.{key}'; the file is incomplete")
+        return value
+
+    names = {t.name for t in reader.tensors}
+    num_heads = int(need("attention.head_count"))
+    hidden = int(need("embedding_length"))
+    tokens = _meta(reader, "tokenizer.ggml.tokens")
+    vocab = _meta(reader, f"{arch}.vocab_size") or (len(tokens) if tokens else None)
+    if vocab is None:
+        vocab = int(_tensor(reader, "token_embd.weight").shape[0])
+    d = {
+        "model_type": "llama",
+        "architectures": ["LlamaForCausalLM"],
+        "vocab_size": int(vocab),
+        "hidden_size": hidden,
+        "intermediate_size": int(need("feed_forward_length")),
+        "num_hidden_layers": int(need("block_count")),
+        "num_attention_heads": num_heads,
+        "num_key_value_heads": int(_meta(reader, f"{arch}.attention.head_count_kv", num_heads)),
+        "head_dim": int(_meta(reader, f"{arch}.attention.key_length", hidden // num_heads)),
+        "max_position_embeddings": int(_meta(reader, f"{arch}.context_length", 2048)),
+        "rms_norm_eps": float(_meta(reader, f"{arch}.attention.layer_norm_rms_epsilon", 1e-5)),
+        "rope_theta": float(_meta(reader, f"{arch}.rope.freq_base", 10000.0)),
+        "hidden_act": "silu",
+        "tie_word_embeddings": "output.weight" not in names,
+        "attention_bias": "blk.0.attn_q.bias" in names,
+        "mlp_bias": "blk.0.ffn_up.bias" in names,
+    }
+    scaling = _meta(reader, f"{arch}.rope.scaling.type")
+    if scaling not in (None, "none"):
+        if scaling != "linear":
+            raise ConfigError(f"{path}: GGUF rope scaling {scaling!r} is not supported (only 'linear')")
+        d["rope_scaling"] = {"type": "linear", "factor": float(need("rope.scaling.factor"))}
+    for key in ("bos", "eos", "padding"):
+        value = _meta(reader, f"tokenizer.ggml.{key}_token_id")
+        if value is not None:
+            d[{"padding": "pad"}.get(key, key) + "_token_id"] = int(value)
+    return ModelConfig.from_hf(d)
+
+
+def _tensor(reader, name: str):
+    for t in reader.tensors:
+        if t.name == name:
+            return t
+    raise CheckpointError(f"GGUF has no tensor {name!r}")
+
+
+def _hf_name(name: str) -> str | None:
+    """llama.cpp tensor name → HF key, or None when the name is not in ``GGUF_TO_HF``."""
+    base, _, param = name.rpartition(".")
+    match = re.fullmatch(r"blk\.(\d+)\.(\w+)", base)
+    key = f"blk.{{i}}.{match.group(2)}" if match else base
+    if key not in GGUF_TO_HF:
+        return None
+    return GGUF_TO_HF[key].format(i=match.group(1) if match else "") + "." + param
+
+
+def unpermute_qk(w: torch.Tensor, n_head: int) -> torch.Tensor:
+    """Undo ``convert_hf_to_gguf.py``'s ``permute``: per head, rows ``(2, hs/2)`` were stored as ``(hs/2, 2)``.
+
+    Args:
+        w: (n_head * hs, in) weight or (n_head * hs,) bias as stored in the GGUF.
+        n_head: heads of this projection (``num_kv_heads`` for K).
+
+    Returns:
+        the HF layout, same shape.
+    """
+    return w.reshape(n_head, w.shape[0] // n_head // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def permute_qk(w: torch.Tensor, n_head: int) -> torch.Tensor:
+    """llama.cpp's ``permute`` (HF → GGUF layout), the inverse of :func:`unpermute_qk`; used to write GGUFs."""
+    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def read_gguf_state(reader, config: ModelConfig, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+    """Every tensor of the GGUF, dequantized, renamed to HF keys and un-permuted, in ``dtype``.
+
+    Raises:
+        CheckpointError: a tensor name not in ``GGUF_TO_HF`` (and not in ``GGUF_SKIP``), listing them.
+    """
+    gguf = _gguf()
+    state, unknown = {}, []
+    for t in reader.tensors:
+        if any(re.search(p, t.name) for p in GGUF_SKIP):
+            continue
+        key = _hf_name(t.name)
+        if key is None:
+            unknown.append(t.name)
+            continue
+        shape = tuple(int(n) for n in reversed(t.shape))  # GGUF lists dims innermost first
+        try:
+            # a plain ndarray view: numpy's memmap subclass makes dequantize's many small slices slow
+            array = gguf.quants.dequantize(np.asarray(t.data), t.tensor_type)
+        except NotImplementedError as e:
+            raise CheckpointError(f"tensor {t.name} uses quantization {t.tensor_type.name}, which the installed "
+                                  f"gguf package cannot dequantize ({e}); upgrade gguf or use another file") from e
+        array = np.ascontiguousarray(array, dtype=np.float32).reshape(shape)
+        if not array.flags.writeable:  # an F32 tensor is a view of the read-only memory map
+            array = array.copy()
+        tensor = torch.from_numpy(array)
+        if key.endswith(("q_proj.weight", "q_proj.bias")):
+            tensor = unpermute_qk(tensor, config.num_heads)
+        elif key.endswith(("k_proj.weight", "k_proj.bias")):
+            tensor = unpermute_qk(tensor, config.num_kv_heads)
+        state[key] = tensor.to(dtype)
+    if unknown:
+        raise CheckpointError(f"GGUF tensors not understood by minift's llama table: {unknown[:20]}; "
+                              "is this a Llama-architecture file?")
+    return state
+
+
+def _rope_freq_factors(reader) -> torch.Tensor | None:
+    """llama3-style rope frequency factors (``rope_freqs.weight``): inv_freq is divided by them."""
+    for t in reader.tensors:
+        if t.name == "rope_freqs.weight":
+            return torch.tensor(np.asarray(_gguf().quants.dequantize(t.data, t.tensor_type), dtype=np.float32))
+    return None
+
+
+def load_gguf(path: str | Path, dtype: torch.dtype | str | None = None, device: str | torch.device | None = None,
+              head: str | None = None, num_labels: int | None = None) -> TaskModel:
+    """Load a Llama-architecture GGUF as a minift ``TaskModel`` (weights dequantized to ``dtype``).
+
+    Args:
+        path: the ``.gguf`` file.
+        dtype: parameter dtype (None → float32).
+        device: where the weights go (None → cpu).
+        head: None / "causal-lm" (the default), "classification" or "regression" (a fresh ``score``).
+        num_labels: outputs of a classification head.
+
+    Returns:
+        The model in eval mode, with ``fresh_keys`` and ``skipped_keys`` recorded like ``load_pretrained``.
+    """
+    from minift.models.load import _fresh_tensors, build_model, configure_labels, resolve_dtype
+
+    dtype = resolve_dtype(dtype)
+    device = torch.device(device if device is not None else "cpu")
+    if head is not None and head not in HEAD_KINDS:
+        raise ModelLoadError(f"unknown head {head!r}; use one of {', '.join(HEAD_KINDS)} or None")
+    reader = _reader(path)
+    config = gguf_config(reader, path)
+    family = get_family(config.model_type)
+    head = head if head is not None else family.default_head
+    config = configure_labels(config, head, num_labels)
+    with torch.device("meta"):
+        model = build_model(config, family, head)
+    state = read_gguf_state(reader, config, dtype)
+    expected = {k: v.shape for k, v in model.state_dict().items()}
+    skipped = [k for k in state if k not in expected or (model.is_tied and k == "lm_head.weight")]
+    for key in skipped:
+        del state[key]  # lm_head of a GGUF loaded with another head, or tied
+    fresh = [k for k in expected if k not in state and model.head_spec and k.startswith(model.head_spec.key + ".")]
+    tied = {"lm_head.weight"} if model.is_tied else set()
+    fresh = [k for k in fresh if k not in tied]
+    missing = sorted(k for k in expected if k not in state and k not in fresh and k not in tied)
+    mis_shaped = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(s)}" for k, s in expected.items()
+                  if k in state and tuple(state[k].shape) != tuple(s)]
+    if missing or mis_shaped:
+        raise CheckpointError(f"{path} does not match its own llama metadata: missing {missing[:20]}, "
+                              f"mis-shaped {mis_shaped[:20]}; the file is damaged or uses an unsupported layout")
+    state = {k: v.to(device) for k, v in state.items()}
+    state.update(_fresh_tensors(model, {k: expected[k] for k in fresh}, dtype, device))
+    if model.is_tied:
+        state["lm_head.weight"] = state["model.embed_tokens.weight"]
+    model.load_state_dict(state, strict=True, assign=True)
+    model.tie_weights()
+    factors = _rope_freq_factors(reader)
+    if factors is not None:
+        rotary = model.backbone.rotary_emb
+        rotary.inv_freq = rotary.inv_freq / factors
+    model.fresh_keys, model.skipped_keys = sorted(fresh), sorted(skipped)
+    return model.eval()
+
+
+def load_gguf_tokenizer(path: str | Path):
+    """A ``tokenizers.Tokenizer`` rebuilt from the GGUF's ``tokenizer.ggml.*`` metadata.
+
+    Supports byte-level BPE vocabularies (``tokenizer.ggml.model == "gpt2"``: GPT-2, SmolLM, Llama 3, ...),
+    with the pre-tokenizer split llama.cpp uses for ``tokenizer.ggml.pre``; control tokens become special
+    tokens, user-defined tokens added tokens; a BOS is prepended when ``tokenizer.ggml.add_bos_token``.
+    """
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors
+
+    reader = _reader(path)
+    kind = _meta(reader, "tokenizer.ggml.model")
+    if kind != "gpt2":
+        raise ModelLoadError(f"{path}: GGUF tokenizer model {kind!r} is not supported; minift rebuilds byte-level "
+                             "BPE ('gpt2') tokenizers. Load the tokenizer.json of the original HF model instead")
+    pre = _meta(reader, "tokenizer.ggml.pre", "default")
+    if pre not in _PRE_TOKENIZERS:
+        raise ModelLoadError(f"{path}: GGUF pre-tokenizer {pre!r} is not supported (known: "
+                             f"{sorted(_PRE_TOKENIZERS)}); load the tokenizer.json of the original HF model instead")
+    tokens = _meta(reader, "tokenizer.ggml.tokens")
+    merges = _meta(reader, "tokenizer.ggml.merges")
+    if not tokens or merges is None:
+        raise ModelLoadError(f"{path}: GGUF metadata lacks tokenizer.ggml.tokens / merges; no tokenizer to build")
+    types = _meta(reader, "tokenizer.ggml.token_type") or [1] * len(tokens)
+    bpe = models.BPE(vocab={tok: i for i, tok in enumerate(tokens)},
+                     merges=[tuple(m.split(" ", 1)) for m in merges], fuse_unk=False)
+    tokenizer = Tokenizer(bpe)
+    split, digits = _PRE_TOKENIZERS[pre]
+    steps = [pre_tokenizers.Digits(individual_digits=True)] if digits else []
+    if split == "llama3":
+        steps += [pre_tokenizers.Split(Regex(_LLAMA3_SPLIT), behavior="isolated"),
+                  pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]
+    else:  # ByteLevel's own regex is GPT-2's split
+        steps.append(pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True))
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(steps)
+    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.add_special_tokens([AddedToken(tok, special=True, normalized=False)
+                                  for tok, kind in zip(tokens, types) if kind == _CONTROL])
+    tokenizer.add_tokens([AddedToken(tok, special=False, normalized=False)
+                          for tok, kind in zip(tokens, types) if kind == _USER_DEFINED])
+    bos = _meta(reader, "tokenizer.ggml.bos_token_id")
+    if _meta(reader, "tokenizer.ggml.add_bos_token", False) and bos is not None:
+        bos_token = tokens[int(bos)]
+        tokenizer.post_processor = processors.TemplateProcessing(
+            single=f"{bos_token} $A", pair=f"{bos_token} $A {bos_token} $B:1", special_tokens=[(bos_token, int(bos))])
+    else:
+        tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
+    return tokenizer
