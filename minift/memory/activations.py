@@ -68,13 +68,13 @@ class _Ctx:
         lin: Linear = self.linears[name]
         y = tape.linear(x, lin.in_f, lin.out_f, m.trains_weights(), lin.bias and m.trains_biases(), weight=name)
         if m.lora_on(t, name):
-            h = tape.linear(tape.dropout(x, m.lora_dropout), lin.in_f, m.lora_r, True)  # (B, T, r)
-            z = tape.linear(h, m.lora_r, lin.out_f, True)  # (B, T, C_out); * scaling keeps nothing
+            h = tape.linear(tape.dropout(x, m.lora_dropout), lin.in_f, m.lora_r, True, weight=name + ".lora_A")
+            z = tape.linear(h, m.lora_r, lin.out_f, True, weight=name + ".lora_B")  # (B, T, C_out)
             y = tape.add(y, z)
         if m.adapter_on(t, name):
-            a = tape.linear(y, lin.out_f, m.adapter_size, True, True)  # down
+            a = tape.linear(y, lin.out_f, m.adapter_size, True, True, weight=name + ".down")
             a = tape.act(a, m.adapter_activation)
-            y = tape.add(y, tape.linear(a, m.adapter_size, lin.out_f, True, True))  # up + residual
+            y = tape.add(y, tape.linear(a, m.adapter_size, lin.out_f, True, True, weight=name + ".up"))  # residual
         return y
 
     def norm(self, x: Sym) -> Sym:
@@ -188,22 +188,22 @@ def _head(ctx: _Ctx, x: Sym, padded: bool) -> tuple[int, int]:
     if head in ("classification", "regression"):
         if t == "bert":
             pooled = x.view(B * C)  # hidden[:, 0]
-            lin = tape.linear(pooled, C, C, m.trains_weights(), m.trains_biases())  # pooler.dense
+            lin = tape.linear(pooled, C, C, m.trains_weights(), m.trains_biases(), weight="pooler.dense")
             pooled = tape.act(lin, "tanh")
             pooled = tape.dropout(pooled, _head_dropout(c))
-            out = tape.linear(pooled, C, L, head_w, head_b)
+            out = tape.linear(pooled, C, L, head_w, head_b, weight="classifier")
         elif t == "roberta":
             pooled = tape.dropout(x.view(B * C), _head_dropout(c))
-            pooled = tape.act(tape.linear(pooled, C, C, head_w, head_b), "tanh")
-            out = tape.linear(tape.dropout(pooled, _head_dropout(c)), C, L, head_w, head_b)
+            pooled = tape.act(tape.linear(pooled, C, C, head_w, head_b, weight="classifier.dense"), "tanh")
+            out = tape.linear(tape.dropout(pooled, _head_dropout(c)), C, L, head_w, head_b, weight="out_proj")
         else:  # decoders: last real token (advanced indexing when padded: a new (B, C) tensor)
             pooled = tape.new(B * C, x.itemsize, x.rg) if padded else x.view(B * C)
             if padded and x.rg:
                 tape.save_new(B, INT64)
                 tape.save_new(B, INT64)
-            out = tape.linear(pooled, C, L, head_w, False)
+            out = tape.linear(pooled, C, L, head_w, False, weight="score")
     elif head == "token-classification":
-        out = tape.linear(tape.dropout(x, _head_dropout(c)), C, L, head_w, head_b)
+        out = tape.linear(tape.dropout(x, _head_dropout(c)), C, L, head_w, head_b, weight="classifier")
         if m.name == "prompt":  # PromptModel drops the virtual positions: a (B, T0, L) copy
             out = tape.new(B * (T - m.prompt_length) * L, out.itemsize, out.rg)
     else:  # bare encoder: hidden states are the output

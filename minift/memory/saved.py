@@ -47,13 +47,14 @@ class _WeightCopies(TorchDispatchMode):
 
     def __init__(self, param_keys: set[int]):
         super().__init__()
-        self.param_keys, self.copies = param_keys, set()
+        self.param_keys, self.copies = param_keys, {}
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         is_cast = func is torch.ops.aten._to_copy.default and isinstance(args[0], torch.Tensor)
         if is_cast and _key(args[0]) in self.param_keys:
-            self.copies.add(_key(out))
+            # Hold the copy until the forward ends: a freed copy's address could be reused by an activation.
+            self.copies[_key(out)] = out
         return out
 
 
@@ -125,6 +126,7 @@ def measure_saved(model: nn.Module, batch: dict, kind: str | None, autocast_dtyp
         groups[group] += nbytes
     result.groups = dict(groups)
     result.weight_copies = sum(weight_copies.values())
+    copies.copies.clear()
     if backward:
         loss.backward()
     return result

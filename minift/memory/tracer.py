@@ -93,20 +93,21 @@ class Tape:
         if self.autocast:
             x = self.cast(x, HALF)
             if x.rg and weight:  # the bf16 weight copy autograd keeps for grad-input
-                self.weight_copies.setdefault(weight, in_f * out_f * HALF)
+                self.weight_copies.setdefault(f"{self.group}.{weight}", in_f * out_f * HALF)
         if w_rg:
             self.save(x)
         return self.new(x.numel // in_f * out_f, x.itemsize, x.rg or w_rg or b_rg)
 
     def layer_norm(self, x: Sym, width: int, w_rg: bool, b_rg: bool) -> Sym:
-        """``F.layer_norm``: keeps the input and fp32 mean / rstd (``numel / width`` each)."""
+        """``F.layer_norm``: keeps the input and mean / rstd (``numel / width`` each)."""
         if self.autocast:
             x = self.cast(x, FP32)
         out = self.new(x.numel, x.itemsize, x.rg or w_rg or b_rg)
         if out.rg:  # native_layer_norm keeps them even when only the bias needs a gradient
             self.save(x)
-            self.save_new(x.numel // width, FP32)
-            self.save_new(x.numel // width, FP32)
+            stat = FP32 if self.device == "cuda" else x.itemsize  # CUDA accumulates in fp32, CPU in x's dtype
+            self.save_new(x.numel // width, stat)
+            self.save_new(x.numel // width, stat)
         return out
 
     def rms_norm(self, x: Sym, width: int, w_rg: bool) -> Sym:
