@@ -73,6 +73,9 @@ def apply(model: nn.Module, method: str, *, train_head: bool | None = None, **op
     cfg = make_config(method, options)
     train_head = _resolve_train_head(model, train_head)
     family = model.config.model_type
+    if method == "bitfit" and not bias_params(model.backbone):
+        raise ValueError(f"BitFit trains bias terms, but this {family} backbone has none (e.g. Llama without "
+                         "attention_bias/mlp_bias); use method 'lora' or 'adapter' instead")
     if method == "lora":
         _apply_lora(model, cfg, family)
     elif method == "adapter":
@@ -90,12 +93,8 @@ def apply(model: nn.Module, method: str, *, train_head: bool | None = None, **op
         for p in base.head.parameters():
             p.requires_grad_(True)
     if method == "bitfit":
-        biases = bias_params(base.backbone)
-        if not biases:
-            raise ValueError(f"BitFit trains bias terms, but this {family} backbone has none (e.g. Llama "
-                             "without attention_bias/mlp_bias); use method 'lora' or 'adapter' instead")
         head_biases = bias_params(base.head) if base.head is not None else {}
-        for p in [*biases.values(), *head_biases.values()]:
+        for p in [*bias_params(base.backbone).values(), *head_biases.values()]:
             p.requires_grad_(True)
     model.peft_spec = PeftSpec(method, asdict(cfg), train_head)
     return model

@@ -1,0 +1,171 @@
+"""``apply`` and the helpers around it: where modules go, clear errors, the prompt wrapper, save/load checks."""
+import json
+
+import pytest
+import torch
+from peft_tiny import batch, make_tiny
+
+from minift.peft import (
+    AdapterLinear,
+    LoRALinear,
+    PromptModel,
+    apply,
+    export_peft,
+    load_trainable,
+    merge,
+    peft_modules,
+    save_merged,
+    save_trainable,
+)
+from minift.peft.io import CONFIG_NAME
+
+SITES = {  # block-relative names, straight from docs/ARCHITECTURE.md's module tree
+    "bert": {"attention.output.dense", "output.dense"},
+    "gpt2": {"attn.c_proj", "mlp.c_proj"},
+    "gpt_neo": {"attn.attention.out_proj", "mlp.c_proj"},
+    "llama": {"self_attn.o_proj", "mlp.down_proj"},
+}
+FFN = {"bert": "output.dense", "gpt2": "mlp.c_proj", "gpt_neo": "mlp.c_proj", "llama": "mlp.down_proj"}
+
+
+@pytest.mark.parametrize("family", list(SITES))
+@pytest.mark.parametrize("placement", ["houlsby", "pfeiffer"])
+def test_adapter_placement_per_family(tmp_path, family, placement):
+    head = "classification"
+    model = apply(make_tiny(tmp_path, family, head).load(), "adapter", reduction_factor=4, placement=placement)
+    for block in model.blocks:
+        wrapped = {n for n, m in block.named_modules() if isinstance(m, AdapterLinear)}
+        assert wrapped == (SITES[family] if placement == "houlsby" else {FFN[family]})
+        assert all(m.adapter.down.out_features == 8 for m in block.modules() if isinstance(m, AdapterLinear))
+
+
+@pytest.mark.parametrize("family, targets, expected", [
+    ("bert", ["attention.self.query"], {"attention.self.query"}),
+    ("bert", None, {"attention.self.query", "attention.self.value"}),
+    ("gpt2", None, {"attn.c_attn"}),
+    ("gpt_neo", ["q_proj", "out_proj"], {"attn.attention.q_proj", "attn.attention.out_proj"}),
+    ("llama", ["gate_proj", "up_proj", "down_proj"], {"mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"}),
+])
+def test_lora_targets(tmp_path, family, targets, expected):
+    model = apply(make_tiny(tmp_path, family, "classification").load(), "lora", r=2, targets=targets)
+    for block in model.blocks:
+        assert {n for n, m in block.named_modules() if isinstance(m, LoRALinear)} == expected
+    assert not any(isinstance(m, LoRALinear) for m in model.head.modules())  # the head is trained, not adapted
+
+
+def test_state_dict_keys_keep_the_base_keys(tmp_path):
+    tiny = make_tiny(tmp_path, "bert", "classification")
+    base_keys = set(tiny.load().state_dict())
+    for method, opts in [("lora", {}), ("adapter", {"size": 4}), ("bitfit", {})]:
+        keys = set(apply(tiny.load(), method, **opts).state_dict())
+        assert base_keys <= keys
+        assert all(".lora_" in k or ".adapter." in k for k in keys - base_keys)
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda m: apply(m, "ia3"), "unknown PEFT method 'ia3'"),
+    (lambda m: apply(m, "lora", rank=4), r"unknown option\(s\) \['rank'\]"),
+    (lambda m: apply(m, "lora", targets=["nonexistent"]), "matches no module.*query"),
+    (lambda m: apply(m, "lora", targets=["LayerNorm"]), "not nn.Linear"),
+    (lambda m: apply(m, "adapter"), "exactly one of adapter size"),
+    (lambda m: apply(m, "prompt", init="text"), "token_ids"),
+    (lambda m: apply(m, "prompt", init="text", token_ids=[5, 1000]), "outside the vocabulary"),
+    (lambda m: apply(m, "bitfit", train_head="yes"), "train_head"),
+    (lambda m: apply(apply(m, "bitfit"), "lora"), "already has PEFT"),
+    (lambda m: merge(m), "no LoRA layers"),
+    (lambda m: save_trainable(m, "unused"), "full fine-tuning"),
+    (lambda m: export_peft(apply(m, "adapter", size=4), "unused"), "export_peft writes LoRA"),
+])
+def test_clear_errors(tmp_path, call, message):
+    model = make_tiny(tmp_path, "bert", "classification").load()
+    with pytest.raises((ValueError, TypeError), match=message):
+        call(model)
+
+
+def test_bitfit_needs_biases_and_tied_lm_head_cannot_train(tmp_path):
+    tiny = make_tiny(tmp_path, "llama", "causal-lm")
+    model = tiny.load()
+    with pytest.raises(ValueError, match="has none"):
+        apply(model, "bitfit")
+    assert all(p.requires_grad for p in model.parameters())  # the failed apply changed nothing
+    with pytest.raises(ValueError, match="tied"):
+        apply(make_tiny(tmp_path, "gpt2", "causal-lm").load(), "lora", train_head=True)
+
+
+@pytest.mark.parametrize("method, opts", [("adapter", {"size": 4}), ("prompt", {"num_virtual_tokens": 2})])
+def test_save_merged_refuses_unmergeable_methods(tmp_path, method, opts):
+    model = apply(make_tiny(tmp_path, "bert", "classification").load(), method, **opts)
+    with pytest.raises(ValueError, match="cannot be merged"):
+        save_merged(model, tmp_path / "out")
+
+
+def test_load_trainable_checks_the_folder(tmp_path):
+    bert = make_tiny(tmp_path, "bert", "classification")
+    saved = save_trainable(apply(bert.load(), "lora", r=2), tmp_path / "saved")
+    with pytest.raises(ValueError, match="for a 'bert' model"):
+        load_trainable(make_tiny(tmp_path, "llama", "classification").load(), saved)
+    with pytest.raises(ValueError, match="already has PEFT"):
+        load_trainable(apply(bert.load(), "lora", r=4), saved)
+    assert isinstance(load_trainable(apply(bert.load(), "lora", r=2), saved), torch.nn.Module)  # same spec: fine
+    (saved / CONFIG_NAME).write_text("{not json")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        load_trainable(bert.load(), saved)
+    (saved / CONFIG_NAME).write_text(json.dumps({"peft_type": "LORA"}))
+    with pytest.raises(ValueError, match="not a minift PEFT config"):
+        load_trainable(bert.load(), saved)
+    with pytest.raises(FileNotFoundError, match="save_trainable"):
+        load_trainable(bert.load(), tmp_path / "missing")
+
+
+def test_load_trainable_names_mismatched_tensors(tmp_path):
+    bert = make_tiny(tmp_path, "bert", "classification")
+    saved = save_trainable(apply(bert.load(), "lora", r=2), tmp_path / "saved")
+    config = json.loads((saved / CONFIG_NAME).read_text())
+    config["options"]["targets"] = ["query", "key"]
+    (saved / CONFIG_NAME).write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="missing .*key.lora_A.*unexpected .*value.lora_A"):
+        load_trainable(bert.load(), saved)
+
+
+def test_prompt_wrapper_stands_in_for_the_model(tmp_path):
+    base = make_tiny(tmp_path, "bert", "token-classification").load()
+    model = apply(base, "prompt", num_virtual_tokens=3)
+    assert isinstance(model, PromptModel) and model.model is base
+    assert model.head_kind == "token-classification" and model.config is base.config and not model.is_decoder
+    model.gradient_checkpointing = True
+    assert base.gradient_checkpointing
+    assert set(peft_modules(model)) == {"prompt"}
+    b = batch("bert")
+    with torch.no_grad():
+        by_ids = model(**b)
+        by_embeds = model(inputs_embeds=base.get_input_embeddings()(b["input_ids"]), attention_mask=b["attention_mask"])
+    assert by_ids.shape == (*b["input_ids"].shape, base.config.num_labels)
+    assert torch.equal(by_ids, by_embeds)
+
+
+def test_prompt_extends_token_type_ids(tmp_path):
+    """BERT with a second segment: the prompt (segment 0) sits after [CLS]; equals the base fed the prompt tokens."""
+    base = make_tiny(tmp_path, "bert", "classification").load()
+    ids = [7, 8]
+    model = apply(base, "prompt", num_virtual_tokens=2, init="text", token_ids=ids)
+    b = batch("bert")
+    types = torch.zeros_like(b["input_ids"])
+    types[:, 4:] = 1
+    B = types.shape[0]
+    full = {
+        "input_ids": torch.cat([b["input_ids"][:, :1], torch.tensor(ids).expand(B, -1), b["input_ids"][:, 1:]], 1),
+        "attention_mask": torch.cat([b["attention_mask"][:, :1], torch.ones(B, 2, dtype=torch.long),
+                                     b["attention_mask"][:, 1:]], 1),
+        "token_type_ids": torch.cat([types[:, :1], torch.zeros(B, 2, dtype=torch.long), types[:, 1:]], 1),
+    }
+    with torch.no_grad():
+        torch.testing.assert_close(model(**b, token_type_ids=types), base(**full), rtol=0, atol=1e-5)
+
+
+def test_prompt_inits(tmp_path):
+    base = make_tiny(tmp_path, "gpt2", "causal-lm").load()
+    emb = base.get_input_embeddings().weight
+    random = apply(make_tiny(tmp_path, "gpt2", "causal-lm").load(), "prompt", num_virtual_tokens=50).prompt.embedding
+    assert random.abs().max() <= 0.5 and random.std() > 0.2  # uniform [-0.5, 0.5] (Lester et al. 2021)
+    vocab = apply(base, "prompt", num_virtual_tokens=6, init="vocab").prompt.embedding
+    assert all(any(torch.equal(row, e) for e in emb) for row in vocab)  # every row is some token's embedding
