@@ -95,3 +95,22 @@ def test_special_ids_prefer_the_model_config(minilm_dir):
     tokenizer = load_tokenizer(minilm_dir)
     assert special_ids(tokenizer, {"pad_token_id": 5, "eos_token_id": 7}).pad == 5
     assert special_ids(tokenizer, {"eos_token_id": 7}).eos == 7
+
+
+@pytest.mark.slow
+def test_gguf_path_goes_to_the_gguf_tokenizer_and_serves_causal_lm(smollm2_gguf):
+    pytest.importorskip("gguf")
+    from minift.data import Example, Task, encode
+
+    tokenizer = load_tokenizer(smollm2_gguf)
+    text = "Sentence: Operating profit rose to EUR 13.1 mn .\nSentiment: positive"
+    assert tokenizer.decode(tokenizer.encode(text, add_special_tokens=False).ids) == text
+    ids = special_ids(tokenizer, {"eos_token_id": 2, "pad_token_id": 2})  # SmolLM2-Instruct's config.json
+    assert (ids.eos, ids.pad) == (2, 2) and not uses_token_type_ids(tokenizer)
+    task = Task(name="fpb", kind="causal-lm", splits={}, label_names=["negative", "positive"],
+                metric_names=["accuracy"], main_metric="accuracy", prompt="Sentence: {text}\nSentiment:",
+                label_words=["negative", "positive"])
+    feature = encode(task, [Example(text="Operating profit rose to EUR 13.1 mn .", label=1)], tokenizer, 64, ids)[0]
+    assert feature["input_ids"][-1] == 2
+    scored = [t for t, y in zip(feature["input_ids"], feature["labels"]) if y != -100]
+    assert tokenizer.decode(scored[:-1]) == " positive"
