@@ -44,7 +44,7 @@ def read_delimited(path: Path, delimiter: str, quoting: int = csv.QUOTE_MINIMAL)
     field is a quote, as in RFC 4180. ``quoting=csv.QUOTE_NONE`` reads TSV files whose text holds stray quotes.
     """
     reader = csv.reader(io.StringIO(read_text(path), newline=""), delimiter=delimiter, quoting=quoting,
-                        doublequote=True, escapechar=None, strict=False)
+                        doublequote=True, escapechar=None, strict=True)
     last = 0
     while True:
         try:

@@ -159,3 +159,8 @@ def test_custom_train_test_files_regression_and_unknown_label(tmp_path):
         load_task(f"file:{tsv}")
     with pytest.raises(DataError, match="data file not found"):
         load_task(f"file:{tmp_path / 'absent.csv'}")
+
+
+def test_unterminated_quote_is_reported(tmp_path):
+    path = _agnews(tmp_path, b'3,Title,Description\r\n3,"Title,desc\r\n')
+    _expect(path, 3, "malformed ','-separated row: unexpected end of data", lambda: load_task("agnews", tmp_path))
