@@ -77,7 +77,7 @@ def load_pretrained(path: str | Path, dtype: torch.dtype | str | None = None, de
         ModelLoadError: missing folder/files, bad head or num_labels; ``ConfigError`` for a bad config.json;
         ``CheckpointError`` for unreadable safetensors or missing / unexpected / mis-shaped keys.
     """
-    path = Path(path)
+    path = Path(path).expanduser()
     dtype = resolve_dtype(dtype)
     device = torch.device(device if device is not None else "cpu")
     if head is not None and head not in HEAD_KINDS:

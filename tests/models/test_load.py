@@ -127,3 +127,19 @@ def test_num_labels_relabels_a_fresh_head(tmp_path):
     regression = load_pretrained(tmp_path, head="regression")
     assert regression(input_ids=ids, attention_mask=mask).shape == (2, 1)
     assert regression.config.problem_type == "regression"
+
+
+@pytest.mark.cuda
+def test_loads_onto_cuda_in_bf16_and_trains_with_checkpointing(tmp_path):
+    ref = save_tiny(transformers.BertForSequenceClassification, tmp_path, num_labels=3)
+    model = load_pretrained(tmp_path, dtype=torch.bfloat16, device="cuda", head="classification")
+    assert {(p.device.type, p.dtype) for p in model.parameters()} == {("cuda", torch.bfloat16)}
+    ids, mask = batch()
+    with torch.no_grad():
+        out = model(input_ids=ids.cuda(), attention_mask=mask.cuda())
+    torch.testing.assert_close(out.float().cpu(), ref(input_ids=ids, attention_mask=mask).logits,
+                               atol=5e-2, rtol=5e-2)
+    model.train()
+    model.gradient_checkpointing = True
+    model(input_ids=ids.cuda(), attention_mask=mask.cuda()).sum().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
