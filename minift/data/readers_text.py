@@ -144,7 +144,7 @@ def read_financial_phrasebank(root: Path, test_fraction: float = 0.2, seed: int 
     held_out = set(test_sentences)
     train = [Example(text=s, label=y, id=f"50Agree:{i}") for i, (s, y) in enumerate(train_labels.items())
              if s not in held_out]
-    test = [Example(text=s, label=test_pool[s], id=f"66Agree:{s[:40]}") for s in test_sentences]
+    test = [Example(text=s, label=test_pool[s], id=f"66Agree:{i}") for i, s in enumerate(test_sentences)]
     return {"train": nonempty("train", train, root), "test": nonempty("test", test, root)}, list(FPB_LABELS)
 
 
