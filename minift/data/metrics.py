@@ -1,10 +1,11 @@
 """Task metrics: scikit-learn for classification, scipy for correlations, :mod:`minift.data.ner` for
-entity-level NER scores. ``compute_metrics(task, predictions, labels)`` returns the task's metric names."""
+entity-level NER scores. ``compute_metrics(task, predictions, labels)`` returns the task's metric names.
+
+scikit-learn and scipy are imported on first use: together they take seconds to import, which every
+``import minift.data`` would otherwise pay."""
 from __future__ import annotations
 
 import numpy as np
-from scipy import stats
-from sklearn import metrics as skm
 
 from minift.data.example import Task
 from minift.data.ner import ner_scores
@@ -22,6 +23,8 @@ def classification_metrics(predictions, labels, num_labels: int) -> dict[str, fl
     ``predictions`` are class ids (N,) or logits (N, C); a prediction of -1 (an unparseable causal-LM
     answer) is always wrong.
     """
+    from sklearn import metrics as skm
+
     y_pred, y_true = _array(predictions), _array(labels).astype(np.int64).reshape(-1)
     if y_pred.ndim == 2:
         y_pred = y_pred.argmax(axis=-1)
@@ -43,6 +46,8 @@ def classification_metrics(predictions, labels, num_labels: int) -> dict[str, fl
 
 def regression_metrics(predictions, labels) -> dict[str, float]:
     """Pearson and Spearman correlation (scipy) and mean squared error."""
+    from scipy import stats
+
     y_pred, y_true = _array(predictions).astype(np.float64).reshape(-1), _array(labels).astype(np.float64).reshape(-1)
     if y_pred.shape != y_true.shape:
         raise ValueError(f"{y_pred.shape[0]} predictions but {y_true.shape[0]} labels")
@@ -100,6 +105,8 @@ def compute_metrics(task: Task, predictions, labels) -> dict[str, float]:
 
 def classification_report(task: Task, predictions, labels) -> str:
     """scikit-learn's per-class precision / recall / F1 / support table with the task's label names."""
+    from sklearn import metrics as skm
+
     y_pred, y_true = _array(predictions), _array(labels).astype(np.int64).reshape(-1)
     if y_pred.ndim == 2:
         y_pred = y_pred.argmax(axis=-1)
