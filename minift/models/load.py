@@ -245,7 +245,10 @@ def read_state(files: dict[Path, list[str] | None], family: Family, model: TaskM
             if key in fresh:
                 continue
             file, ckpt_key = where[key]
-            tensor = family.transform(key, handles[file].get_tensor(ckpt_key), "load")
+            try:
+                tensor = family.transform(key, handles[file].get_tensor(ckpt_key), "load")
+            except Exception as e:  # e.g. an index naming a tensor its shard does not hold
+                raise CheckpointError(f"cannot read tensor {ckpt_key!r} from {file}: {e}") from e
             if tuple(tensor.shape) != tuple(shape):
                 mismatched.append(f"{key}: checkpoint {tuple(tensor.shape)} vs model {tuple(shape)}")
                 continue

@@ -141,3 +141,14 @@ def test_head_with_other_label_count(folder):
 def test_bad_arguments(folder, kwargs, message):
     with pytest.raises(ModelLoadError, match=message):
         load_pretrained(folder, **kwargs)
+
+
+def test_index_naming_a_tensor_its_shard_lacks(tmp_path):
+    transformers.BertModel(transformers.BertConfig(**TINY)).save_pretrained(tmp_path, max_shard_size="20KB")
+    index = json.loads((tmp_path / "model.safetensors.index.json").read_text())
+    key = "encoder.layer.0.output.dense.weight"
+    other = next(f for f in set(index["weight_map"].values()) if f != index["weight_map"][key])
+    index["weight_map"][key] = other
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps(index))
+    with pytest.raises(CheckpointError, match=f"cannot read tensor '{key}' from .*{other}"):
+        load_pretrained(tmp_path)
