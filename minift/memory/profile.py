@@ -1,0 +1,186 @@
+"""The CUDA profiler: real training steps of minift models, memory measured per phase, beside the estimate.
+
+``profile_training(config, method, setup)`` builds the model from its ``ModelConfig`` directly on the GPU with
+random weights (shapes are all that matter for memory), applies the PEFT method with ``minift.peft.apply``,
+and runs ``steps`` training steps the way ``minift.train`` does (forward + loss under autocast, backward,
+optimizer step, ``zero_grad(set_to_none=True)``), recording ``torch.cuda.memory_allocated`` and
+``max_memory_allocated`` (torchtune's ``get_memory_stats``) per phase of the *last* step — the steady state,
+where the optimizer states already exist. Needs a CUDA GPU.
+"""
+from __future__ import annotations
+
+import gc
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from minift.memory.estimate import Estimate, Setup, estimate
+from minift.memory.params import Method
+from minift.models.config import ModelConfig
+
+PHASES = ("weights loaded", "after forward", "peak in forward", "peak in backward", "peak in optimizer step",
+          "steady state after step 2", "peak")
+
+
+@dataclass
+class Profile:
+    """Measured bytes per phase and the estimate of the same step."""
+
+    measured: dict[str, int]
+    estimated: dict[str, int]
+    estimate: Estimate
+    seconds_per_step: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+    def error(self, phase: str = "peak") -> float:
+        """(estimate − measured) / measured, in %."""
+        m = self.measured[phase]
+        return 100.0 * (self.estimated[phase] - m) / m if m else float("nan")
+
+
+def _require_cuda() -> torch.device:
+    if not torch.cuda.is_available():
+        raise RuntimeError("the memory profiler measures torch.cuda.memory_allocated and needs a CUDA GPU "
+                           "(torch.cuda.is_available() is False); the estimate itself needs no GPU")
+    return torch.device("cuda")
+
+
+def build_random_model(config: ModelConfig, method: Method, head: str | None, device: torch.device,
+                       dtype: torch.dtype) -> torch.nn.Module:
+    """A minift ``TaskModel`` of ``config`` with random weights on ``device`` (PEFT applied when asked)."""
+    from minift.models.load import build_model
+    from minift.models.registry import get_family
+    from minift.peft.apply import apply
+
+    with torch.device("meta"):
+        model = build_model(config, get_family(config.model_type), head)
+    model = model.to_empty(device=device).to(dtype)
+    model.tie_weights()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.ndim >= 2:
+                p.normal_(0.0, 0.02)
+            else:
+                p.fill_(1.0 if name.endswith("weight") else 0.0)
+    if method.name != "full":
+        options = {"lora": {"r": method.lora_r, "dropout": method.lora_dropout,
+                            "targets": list(method.lora_targets) if method.lora_targets else None},
+                   "adapter": {"size": method.adapter_size, "placement": method.adapter_placement,
+                               "activation": method.adapter_activation},
+                   "bitfit": {}, "prompt": {"num_virtual_tokens": method.prompt_length}}[method.name]
+        model = apply(model, method.name, train_head=method.train_head, **options)
+    return model
+
+
+def make_optimizer(name: str, model: torch.nn.Module, lr: float = 1e-5) -> torch.optim.Optimizer:
+    """The optimizer ``Setup.optimizer`` names, over the trainable parameters (minift's decay groups)."""
+    from minift.train.optim import param_groups
+
+    groups = param_groups(model, 0.01)
+    if name == "adamw":
+        return torch.optim.AdamW(groups, lr=lr, foreach=False)
+    if name == "adamw-foreach":
+        return torch.optim.AdamW(groups, lr=lr, foreach=True)
+    if name == "adamw-fused":
+        return torch.optim.AdamW(groups, lr=lr, fused=True)
+    if name in ("sgd", "sgd-momentum"):
+        return torch.optim.SGD(groups, lr=lr, momentum=0.9 if name == "sgd-momentum" else 0.0)
+    raise ValueError(f"optimizer {name!r} cannot be profiled (adamw-8bit is an estimate-only what-if: minift "
+                     "does not ship an 8-bit optimizer)")
+
+
+def _batch(config: ModelConfig, head: str | None, setup: Setup, device: torch.device) -> tuple[dict, str | None]:
+    B, T = setup.batch_size, setup.seq_len
+    ids = torch.randint(3, config.vocab_size, (B, T), device=device)
+    batch = {"input_ids": ids}
+    if setup.padded:
+        mask = torch.ones(B, T, dtype=torch.long, device=device)
+        mask[0, T // 2:] = 0
+        batch["attention_mask"] = mask
+    if head == "causal-lm":
+        batch["labels"] = ids.clone()
+    elif head == "classification":
+        batch["labels"] = torch.randint(0, config.num_labels, (B,), device=device)
+    elif head == "regression":
+        batch["labels"] = torch.rand(B, device=device)
+    elif head == "token-classification":
+        batch["labels"] = torch.randint(0, config.num_labels, (B, T), device=device)
+    return batch, head
+
+
+def profile_training(config: ModelConfig, method: Method | None = None, setup: Setup | None = None,
+                     steps: int = 3) -> Profile:
+    """Run ``steps`` (≥ 2) training steps on the GPU and measure memory per phase of the last one.
+
+    Returns:
+        ``Profile`` with measured and estimated bytes for each of ``PHASES``.
+    """
+    from minift.train.losses import loss_sum
+
+    method, setup = method or Method(), setup or Setup()
+    if steps < 2:
+        raise ValueError("profile at least 2 steps: the optimizer states appear in step 1, steady state in step 2")
+    device = _require_cuda()
+    est = estimate(config, method, setup)
+    head = setup.resolved_head(config)
+    gc.collect()
+    torch.cuda.empty_cache()
+    base = torch.cuda.memory_allocated()
+    dtype = torch.bfloat16 if setup.precision == "bf16" else torch.float32
+    amp_dtype = torch.float16 if setup.precision == "mixed-fp16" else torch.bfloat16
+    model = build_random_model(config, method, head, device, dtype)
+    model.gradient_checkpointing = setup.grad_checkpointing
+    model.train()
+    optimizer = make_optimizer(setup.optimizer, model)
+    scaler = torch.amp.GradScaler("cuda", enabled=setup.precision == "mixed-fp16")
+    batch, kind = _batch(config, head, setup, device)
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    backend = torch.nn.attention.SDPBackend.MATH if setup.attention == "eager" else None
+    torch.cuda.synchronize()
+    m = {"weights loaded": torch.cuda.memory_allocated() - base}
+    start = time.perf_counter()
+    for _ in range(steps):
+        torch.cuda.reset_peak_memory_stats()
+        with torch.autocast("cuda", dtype=amp_dtype, enabled=setup.autocast), _sdpa(backend):
+            out = model(**inputs)
+            loss = loss_sum(kind, out, batch["labels"]) if kind else out.float().sum()
+        m["after forward"] = torch.cuda.memory_allocated() - base
+        m["peak in forward"] = torch.cuda.max_memory_allocated() - base
+        torch.cuda.reset_peak_memory_stats()
+        with _sdpa(backend):
+            scaler.scale(loss).backward()
+        m["peak in backward"] = torch.cuda.max_memory_allocated() - base
+        del out, loss
+        torch.cuda.reset_peak_memory_stats()
+        scaler.step(optimizer)
+        scaler.update()
+        m["peak in optimizer step"] = torch.cuda.max_memory_allocated() - base
+        optimizer.zero_grad(set_to_none=True)
+        m["steady state after step 2"] = torch.cuda.memory_allocated() - base
+    torch.cuda.synchronize()
+    seconds = (time.perf_counter() - start) / steps
+    m["peak"] = max(m["peak in forward"], m["peak in backward"], m["peak in optimizer step"])
+    after_forward = est.steady + est.autocast_copies + est.activations.total + est.extra["logits_live"]
+    e = {"weights loaded": est.weights, "after forward": after_forward,
+         "peak in forward": est.phases["forward+loss"],
+         "peak in backward": max(est.phases["backward start"], est.phases["backward (blocks)"]),
+         "peak in optimizer step": est.phases["optimizer step"], "steady state after step 2": est.steady,
+         "peak": est.peak}
+    del model, optimizer, batch, inputs
+    gc.collect()
+    torch.cuda.empty_cache()
+    return Profile(measured=m, estimated=e, estimate=est, seconds_per_step=seconds)
+
+
+class _sdpa:
+    """``sdpa_kernel(backend)`` when a backend is forced, else nothing."""
+
+    def __init__(self, backend):
+        self.ctx = torch.nn.attention.sdpa_kernel(backend) if backend is not None else None
+
+    def __enter__(self):
+        return self.ctx.__enter__() if self.ctx else None
+
+    def __exit__(self, *exc):
+        return self.ctx.__exit__(*exc) if self.ctx else False
