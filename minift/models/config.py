@@ -210,8 +210,11 @@ class ModelConfig:
         """A config dict transformers loads: ``raw`` updated with the normalised fields under HF key names."""
         d = copy.deepcopy(self.raw)
         d["model_type"] = self.model_type
+        written = set()
         for name, hf_keys in _KEYS[self.model_type].items():
-            d[hf_keys[0]] = getattr(self, name)
+            if hf_keys[0] not in written:  # BERT's hidden_dropout_prob holds hidden_ and embedding_dropout: first wins
+                d[hf_keys[0]] = getattr(self, name)
+                written.add(hf_keys[0])
         for key in _COMMON:
             d[key] = getattr(self, key)
         d["id2label"] = {str(i): name for i, name in self.id2label.items()}

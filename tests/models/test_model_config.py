@@ -128,3 +128,10 @@ def test_bad_configs_raise_clear_errors(mutate, message):
     mutate(d)
     with pytest.raises(ConfigError, match=message):
         ModelConfig.from_hf(d)
+
+
+def test_edited_fields_are_written_back():
+    config = ModelConfig.from_hf(_hf("bert").to_dict())
+    config.hidden_dropout, config.attention_dropout = 0.0, 0.25
+    hf = transformers.BertConfig.from_dict(config.to_hf())
+    assert hf.hidden_dropout_prob == 0.0 and hf.attention_probs_dropout_prob == 0.25
