@@ -62,16 +62,6 @@ def roberta_head(config: ModelConfig, num_labels: int) -> RobertaClassificationH
     return RobertaClassificationHead(config.hidden_size, num_labels, head_dropout(config))
 
 
-@torch.no_grad()
-def init_fresh(module: nn.Module, std: float) -> None:
-    """Initialise a fresh head as transformers does: Linear weights ~ N(0, std), biases 0."""
-    for sub in module.modules():
-        if isinstance(sub, nn.Linear):
-            sub.weight.normal_(0.0, std)
-            if sub.bias is not None:
-                sub.bias.zero_()
-
-
 def last_token(hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
     """The hidden state of the last position whose attention_mask is 1 (the last position without a mask).
 
