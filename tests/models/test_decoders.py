@@ -159,6 +159,15 @@ def test_llama_rope_configs_parity(tmp_path, form, rope):
     _compare(hf, ours, *_batch())
 
 
+def test_llama_dynamic_rope_parity_beyond_max_positions(tmp_path):
+    """Dynamic NTK only changes RoPE past max_position_embeddings: a sequence of 12 with 8 positions."""
+    rope_parameters = {"rope_type": "dynamic", "factor": 2.0, "rope_theta": 10000.0}
+    config = transformers.LlamaConfig(**{**LLAMA, "max_position_embeddings": 8}, rope_parameters=rope_parameters)
+    hf = transformers.LlamaForCausalLM(config)
+    ours = load_pretrained(_save(hf, tmp_path))
+    _compare(hf, ours, *_batch())
+
+
 def test_rope_inv_freq_matches_transformers():
     from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 

@@ -48,7 +48,7 @@ def _hf_tensor_name(key: str) -> str:
     return f"blk.{i}.{HF_TO_GGUF[module]}.{param}"
 
 
-def write_gguf(hf_model, path, tokenizer, quant: str = "F32") -> None:
+def write_gguf(hf_model, path, tokenizer, quant: str = "F32", rope_freqs: torch.Tensor | None = None) -> None:
     """Write ``hf_model`` as llama.cpp's convert_hf_to_gguf.py does (metadata, permuted Q/K, names)."""
     c = hf_model.config
     w = gguf.GGUFWriter(str(path), "llama")
@@ -76,6 +76,8 @@ def write_gguf(hf_model, path, tokenizer, quant: str = "F32") -> None:
     w.add_bos_token_id(c.bos_token_id)
     w.add_eos_token_id(c.eos_token_id)
     w.add_add_bos_token(False)
+    if rope_freqs is not None:  # llama3 rope: convert_hf_to_gguf.py stores per-frequency divisors
+        w.add_tensor("rope_freqs.weight", rope_freqs.numpy())
     for key, tensor in hf_model.state_dict().items():
         if key == "lm_head.weight" and c.tie_word_embeddings:
             continue
@@ -133,6 +135,33 @@ def test_tiny_gguf_matches_transformers(tmp_path, tie, quant):
         torch.testing.assert_close(got, original, atol=1e-4, rtol=0)
     else:  # Q8_0 is lossy: close to the original, but not equal
         assert (got - original).abs().max() < 0.05
+
+
+def test_gguf_llama3_rope_freqs(tmp_path):
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    rope = {"rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0, "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0, "original_max_position_embeddings": 16}
+    config = transformers.LlamaConfig(**LLAMA, rope_parameters=rope)
+    hf = transformers.LlamaForCausalLM(config).eval()
+    scaled, _ = ROPE_INIT_FUNCTIONS["llama3"](config, "cpu")
+    base = 1.0 / (10000.0 ** (torch.arange(0, 8, 2).float() / 8))
+    assert not torch.allclose(scaled, base)
+    write_gguf(hf, tmp_path / "tiny.gguf", _train_tokenizer(), rope_freqs=base / scaled)
+    ours = load_gguf(tmp_path / "tiny.gguf")
+    ids, mask = _batch()
+    keep = mask.bool()
+    with torch.no_grad():
+        got = ours(input_ids=ids, attention_mask=mask)[keep]
+        expected = hf(input_ids=ids, attention_mask=mask).logits[keep]
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
+
+
+def test_gguf_package_missing_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setitem(__import__("sys").modules, "gguf", None)  # makes `import gguf` raise ImportError
+    (tmp_path / "x.gguf").write_bytes(b"GGUF")
+    with pytest.raises(ModelLoadError, match=r'pip install "minift\[gguf\]"'):
+        load_pretrained(tmp_path / "x.gguf")
 
 
 def test_gguf_classification_head_is_fresh(tmp_path):
