@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import signal
 import time
+import warnings
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from typing import Callable
@@ -238,7 +239,9 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, scaler: t
                 if scale_before is not None:
                     skipped += (scaler._scale < scale_before).long().reshape(())
                 optimizer.zero_grad(set_to_none=True)
-                scheduler.step()
+                with warnings.catch_warnings():  # after a skipped fp16 step torch warns; the schedule still advances
+                    warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
+                    scheduler.step()
                 state.step += 1
                 state.micro = start + len(window)
                 if state.micro >= len(batches):  # the epoch is done: the position moves to the next one

@@ -59,20 +59,21 @@ def warmup_steps(warmup: float, total_steps: int) -> int:
 
 
 def lr_factor(step: int, schedule: str, warmup: int, total: int) -> float:
-    """The multiplier of the peak learning rate at optimizer step ``step`` (0-based).
+    """The multiplier of the peak learning rate for optimizer step ``step`` (0-based).
 
-    Linear warmup from 0 to 1 over ``warmup`` steps, then ``constant`` (1), ``linear`` (to 0 at ``total``)
-    or ``cosine`` (half a cosine to 0 at ``total``, as in SGDR, arXiv:1608.03983).
+    The schedules of ``transformers.get_{linear,cosine,constant}_schedule_with_warmup`` (so results compare with
+    theirs): linear warmup from 0 over ``warmup`` steps, then ``constant`` (1), ``linear`` (to 0 at ``total``) or
+    ``cosine`` (half a cosine to 0 at ``total``; SGDR, arXiv:1608.03983).
     """
     if step < warmup:
-        return (step + 1) / (warmup + 1)
+        return step / max(1, warmup)
     if schedule == "constant":
         return 1.0
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    progress = (step - warmup) / max(1, total - warmup)
     if schedule == "linear":
-        return 1.0 - progress
+        return max(0.0, 1.0 - progress)
     if schedule == "cosine":
-        return 0.5 * (1.0 + math.cos(math.pi * progress))
+        return max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
     raise ValueError(f"unknown schedule {schedule!r}: use linear, cosine or constant")
 
 

@@ -1,10 +1,10 @@
 """Gradient accumulation equals one big batch: 4 micro-batches of 8 give the gradients of one batch of 32."""
 import pytest
 import torch
+from trainkit import collate, random_batch, tiny_bert, tiny_llama
 
 from minift.train.batching import BatchPlan
 from minift.train.loop import LoopSettings, backward_window, fit
-from trainkit import collate, random_batch, tiny_bert, tiny_llama
 
 SCALER_OFF = torch.amp.GradScaler("cpu", enabled=False)
 
