@@ -2,7 +2,8 @@
 
 ``load_task(name, data_dir=None) -> Task``; ``load_tokenizer(path)``; ``encode(task, examples, tokenizer,
 max_length)`` -> features; ``collate(features, pad_id)`` / ``Collator`` -> padded tensors;
-``compute_metrics(task, predictions, labels)``.
+``compute_metrics(task, predictions, labels)``; causal-LM tasks are scored from generated text with
+``generate_label_ids(model, task, examples, tokenizer)``.
 """
 from minift.data.collate import Collator, LengthGroupedBatchSampler, collate, length_grouped_batches
 from minift.data.encode import (
@@ -16,6 +17,7 @@ from minift.data.encode import (
 )
 from minift.data.errors import DataError
 from minift.data.example import Example, Task
+from minift.data.lm_eval import generate_label_ids, greedy_generate
 from minift.data.metrics import classification_report, compute_metrics
 from minift.data.ner import entities, ner_report, ner_scores
 from minift.data.paths import resolve_data_dir
@@ -25,7 +27,7 @@ from minift.data.tokenizer import SpecialIds, load_tokenizer, special_ids, uses_
 __all__ = [
     "IGNORE_INDEX", "Collator", "DataError", "Example", "LengthGroupedBatchSampler", "SpecialIds", "Task",
     "classification_report", "collate", "compute_metrics", "encode", "encode_causal_lm", "encode_task",
-    "encode_words", "entities", "format_prompt", "length_grouped_batches", "load_task", "load_tokenizer",
+    "encode_words", "entities", "format_prompt", "generate_label_ids", "greedy_generate", "length_grouped_batches", "load_task", "load_tokenizer",
     "ner_report", "ner_scores", "parse_label", "resolve_data_dir", "special_ids", "task_names",
     "uses_token_type_ids",
 ]
