@@ -46,8 +46,10 @@ def test_greedy_matches_transformers(tmp_path, make):
     assert torch.equal(got, _hf_greedy(hf, ids, 6))
 
 
-def test_left_padded_batch_matches_transformers(tmp_path):
-    hf, ours = _pair(_llama, tmp_path)
+@pytest.mark.parametrize("make", [_llama, _gpt2], ids=["llama", "gpt2"])
+def test_left_padded_batch_matches_transformers(tmp_path, make):
+    """transformers derives position ids from the mask; our packing gives GPT-2 the same positions."""
+    hf, ours = _pair(make, tmp_path)
     ids = torch.randint(3, VOCAB, (3, 8))
     mask = torch.ones_like(ids)
     mask[1, :3] = 0
@@ -59,13 +61,16 @@ def test_left_padded_batch_matches_transformers(tmp_path):
     assert torch.equal(got[2, 8:], alone[0, 3:])
 
 
-def test_right_padding_is_left_aligned(tmp_path):
-    _, ours = _pair(_llama, tmp_path)
+@pytest.mark.parametrize("make", [_llama, _gpt2], ids=["llama", "gpt2"])
+def test_right_padding_continues_each_row(tmp_path, make):
+    _, ours = _pair(make, tmp_path)
     ids = torch.randint(3, VOCAB, (2, 6))
     mask = torch.tensor([[1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1]])
     got = greedy_generate(ours, ids, max_new_tokens=4, attention_mask=mask)
-    expected_row0 = greedy_generate(ours, ids[:1, :4], max_new_tokens=4)
-    assert torch.equal(got[0, 2:6], ids[0, :4]) and torch.equal(got[0, 6:], expected_row0[0, 4:])
+    alone = greedy_generate(ours, ids[:1, :4], max_new_tokens=4)
+    assert torch.equal(got[:, :6], ids)  # the prompt is returned as given
+    assert torch.equal(got[0, 6:], alone[0, 4:])  # row 0 continues after its 4 real tokens
+    assert torch.equal(got[1:], greedy_generate(ours, ids[1:], max_new_tokens=4))
 
 
 def test_eos_stops_and_pads(tmp_path):
