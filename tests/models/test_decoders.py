@@ -67,6 +67,13 @@ def test_gpt2_lm_parity(tmp_path):
     _compare(hf, ours, *_batch())
 
 
+def test_gpt2_scale_attn_by_inverse_layer_idx_parity(tmp_path):
+    config = _gpt2_config()
+    config.scale_attn_by_inverse_layer_idx = True
+    hf = transformers.GPT2LMHeadModel(config)
+    _compare(hf, load_pretrained(_save(hf, tmp_path)), *_batch())
+
+
 def test_gpt2_sequence_classification_parity(tmp_path):
     hf = transformers.GPT2ForSequenceClassification(_gpt2_config())
     with torch.no_grad():
@@ -94,6 +101,18 @@ def test_gpt_neo_local_window_parity(tmp_path):
     assert [b.attention_type for b in ours.blocks] == ["global", "local"]
     assert ours.blocks[1].attn.attention.q_proj.bias is None
     _compare(hf, ours, *_batch())
+
+
+def test_gpt_neo_sequence_classification_parity(tmp_path):
+    config = transformers.GPTNeoConfig(vocab_size=VOCAB, hidden_size=32, num_layers=2, num_heads=4,
+                                       max_position_embeddings=64, attention_types=[[["global", "local"], 1]],
+                                       window_size=4, pad_token_id=0, num_labels=3)
+    hf = transformers.GPTNeoForSequenceClassification(config)
+    with torch.no_grad():
+        hf.score.weight.normal_(0, 1.0)
+    ours = load_pretrained(_save(hf, tmp_path), head="classification")
+    assert ours.fresh_keys == []
+    _compare(hf, ours, *_batch(right_only=True))
 
 
 def test_gpt_neo_window_matters(tmp_path):
