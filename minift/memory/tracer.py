@@ -167,23 +167,24 @@ class Tape:
         if not rg:
             return self.new(B * H * T * d, dtype, False)
         if math_path:
-            # q·sqrt(scale) and k·sqrt(scale) are new tensors kept by the QKᵀ matmul (each for the other's
-            # gradient); softmax keeps its output; dropout keeps a mask and the PV matmul keeps the dropped
-            # probabilities (for v's gradient) and v (for the probabilities' gradient).
+            # The math kernel computes in fp32 (bf16/fp16 inputs are upcast). q·sqrt(scale) and k·sqrt(scale) are
+            # new tensors kept by the QKᵀ matmul (each for the other's gradient); softmax keeps its output;
+            # dropout keeps a mask and the PV matmul keeps the dropped probabilities (for v's gradient) and v
+            # (for the probabilities' gradient).
             if k.rg:
-                self.save_new(B * H * T * d, dtype)
+                self.save_new(B * H * T * d, FP32)
             if q.rg:
-                self.save_new(B * H * T * d, dtype)
-            probs = self.new(B * H * T * T, dtype, q.rg or k.rg)
+                self.save_new(B * H * T * d, FP32)
+            probs = self.new(B * H * T * T, FP32, q.rg or k.rg)
             if probs.rg:
                 self.save(probs)
             if self.training and dropout_p > 0 and probs.rg:
-                self.save_new(B * H * T * T, BOOL if self.device == "cuda" else dtype)
-                probs = self.new(B * H * T * T, dtype, True)
+                self.save_new(B * H * T * T, BOOL if self.device == "cuda" else FP32)
+                probs = self.new(B * H * T * T, FP32, True)
             if v.rg:
                 self.save(probs)
             if probs.rg:  # v as (B·H, T, d): the transposed (B, H, T, d) view is copied by the reshape
-                self.save_new(B * H * T * d, v.itemsize)
+                self.save_new(B * H * T * d, FP32)
             return self.new(B * H * T * d, dtype, True)  # (B, H, T, d) contiguous: a reshape copies it
         for t in (q, k, v):
             self.save(t)
