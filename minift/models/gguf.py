@@ -265,26 +265,50 @@ def load_gguf(path: str | Path, dtype: torch.dtype | str | None = None, device: 
 def load_gguf_tokenizer(path: str | Path):
     """A ``tokenizers.Tokenizer`` rebuilt from the GGUF's ``tokenizer.ggml.*`` metadata.
 
-    Supports byte-level BPE vocabularies (``tokenizer.ggml.model == "gpt2"``: GPT-2, SmolLM, Llama 3, ...),
-    with the pre-tokenizer split llama.cpp uses for ``tokenizer.ggml.pre``; control tokens become special
-    tokens, user-defined tokens added tokens; a BOS is prepended when ``tokenizer.ggml.add_bos_token``.
+    Supports byte-level BPE (``tokenizer.ggml.model == "gpt2"``: GPT-2, SmolLM, Llama 3, ...) with the
+    pre-tokenizer split llama.cpp uses for ``tokenizer.ggml.pre``, and SentencePiece BPE (``"llama"``: Llama 2,
+    TinyLlama, Mistral, ...) with merges recovered from the token scores and byte fallback.  Control tokens
+    become special tokens, user-defined tokens added tokens; BOS is prepended when
+    ``tokenizer.ggml.add_bos_token`` says so (llama.cpp's default: yes for SentencePiece, no for byte-level).
     """
-    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors
+    from tokenizers import AddedToken, processors
 
     reader = _reader(path)
     kind = _meta(reader, "tokenizer.ggml.model")
-    if kind != "gpt2":
+    tokens = _meta(reader, "tokenizer.ggml.tokens")
+    if kind not in ("gpt2", "llama"):
         raise ModelLoadError(f"{path}: GGUF tokenizer model {kind!r} is not supported; minift rebuilds byte-level "
-                             "BPE ('gpt2') tokenizers. Load the tokenizer.json of the original HF model instead")
+                             "BPE ('gpt2') and SentencePiece BPE ('llama') tokenizers. Load the tokenizer.json of "
+                             "the original HF model instead")
+    if not tokens:
+        raise ModelLoadError(f"{path}: GGUF metadata lacks tokenizer.ggml.tokens; no tokenizer to build")
+    tokenizer = _byte_level_bpe(reader, path, tokens) if kind == "gpt2" else _sentencepiece_bpe(reader, path, tokens)
+    types = _meta(reader, "tokenizer.ggml.token_type") or [1] * len(tokens)
+    tokenizer.add_special_tokens([AddedToken(tok, special=True, normalized=False)
+                                  for tok, kind in zip(tokens, types) if kind == _CONTROL])
+    tokenizer.add_tokens([AddedToken(tok, special=False, normalized=False)
+                          for tok, kind in zip(tokens, types) if kind == _USER_DEFINED])
+    bos = _meta(reader, "tokenizer.ggml.bos_token_id")
+    if _meta(reader, "tokenizer.ggml.add_bos_token", kind == "llama") and bos is not None:
+        bos_token = tokens[int(bos)]
+        tokenizer.post_processor = processors.TemplateProcessing(
+            single=f"{bos_token} $A", pair=f"{bos_token} $A {bos_token} $B:1", special_tokens=[(bos_token, int(bos))])
+    elif kind == "gpt2":
+        tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
+    return tokenizer
+
+
+def _byte_level_bpe(reader, path, tokens: list[str]):
+    """GPT-2-style BPE: byte-level alphabet, merges from the file, llama.cpp's split for ``tokenizer.ggml.pre``."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+
     pre = _meta(reader, "tokenizer.ggml.pre", "default")
     if pre not in _PRE_TOKENIZERS:
         raise ModelLoadError(f"{path}: GGUF pre-tokenizer {pre!r} is not supported (known: "
                              f"{sorted(_PRE_TOKENIZERS)}); load the tokenizer.json of the original HF model instead")
-    tokens = _meta(reader, "tokenizer.ggml.tokens")
     merges = _meta(reader, "tokenizer.ggml.merges")
-    if not tokens or merges is None:
-        raise ModelLoadError(f"{path}: GGUF metadata lacks tokenizer.ggml.tokens / merges; no tokenizer to build")
-    types = _meta(reader, "tokenizer.ggml.token_type") or [1] * len(tokens)
+    if merges is None:
+        raise ModelLoadError(f"{path}: GGUF metadata lacks tokenizer.ggml.merges; no BPE tokenizer to build")
     bpe = models.BPE(vocab={tok: i for i, tok in enumerate(tokens)},
                      merges=[tuple(m.split(" ", 1)) for m in merges], fuse_unk=False)
     tokenizer = Tokenizer(bpe)
@@ -297,15 +321,31 @@ def load_gguf_tokenizer(path: str | Path):
         steps.append(pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True))
     tokenizer.pre_tokenizer = pre_tokenizers.Sequence(steps)
     tokenizer.decoder = decoders.ByteLevel()
-    tokenizer.add_special_tokens([AddedToken(tok, special=True, normalized=False)
-                                  for tok, kind in zip(tokens, types) if kind == _CONTROL])
-    tokenizer.add_tokens([AddedToken(tok, special=False, normalized=False)
-                          for tok, kind in zip(tokens, types) if kind == _USER_DEFINED])
-    bos = _meta(reader, "tokenizer.ggml.bos_token_id")
-    if _meta(reader, "tokenizer.ggml.add_bos_token", False) and bos is not None:
-        bos_token = tokens[int(bos)]
-        tokenizer.post_processor = processors.TemplateProcessing(
-            single=f"{bos_token} $A", pair=f"{bos_token} $A {bos_token} $B:1", special_tokens=[(bos_token, int(bos))])
-    else:
-        tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
+    return tokenizer
+
+
+def _sentencepiece_bpe(reader, path, tokens: list[str]):
+    """SentencePiece BPE: "▁" for spaces, byte fallback (<0x..> tokens), merges recovered from the scores.
+
+    SentencePiece applies the merge whose result has the highest score; a BPE merge list ordered by that score
+    (ties: longer left, then longer right piece first, as transformers' ``generate_merges``) reproduces it.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    scores = _meta(reader, "tokenizer.ggml.scores")
+    if scores is None or len(scores) != len(tokens):
+        raise ModelLoadError(f"{path}: a SentencePiece GGUF needs tokenizer.ggml.scores for each token")
+    vocab = {tok: i for i, tok in enumerate(tokens)}
+    merges = []
+    for piece, score in zip(tokens, scores):
+        local = [(piece[:i], piece[i:], score) for i in range(1, len(piece)) if piece[:i] in vocab and piece[i:] in vocab]
+        merges += sorted(local, key=lambda m: (vocab[m[0]], vocab[m[1]]))
+    merges.sort(key=lambda m: (m[2], len(m[0]), len(m[1])), reverse=True)
+    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=[(left, right) for left, right, _ in merges],
+                                     fuse_unk=True, byte_fallback=True))
+    prefix = bool(_meta(reader, "tokenizer.ggml.add_space_prefix", True))
+    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first" if prefix else "never",
+                                                       split=False)
+    steps = [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()]
+    tokenizer.decoder = decoders.Sequence(steps + ([decoders.Strip(content=" ", left=1)] if prefix else []))
     return tokenizer

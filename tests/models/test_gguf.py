@@ -4,6 +4,8 @@ a faithful llama.cpp file, not just one our reader agrees with)."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -48,8 +50,24 @@ def _hf_tensor_name(key: str) -> str:
     return f"blk.{i}.{HF_TO_GGUF[module]}.{param}"
 
 
+def _add_byte_level_tokenizer(w, tokenizer) -> None:
+    """tokenizer.ggml.* metadata of a byte-level BPE ``tokenizers.Tokenizer`` (as convert_hf_to_gguf.py)."""
+    vocab = tokenizer.get_vocab()
+    tokens = sorted(vocab, key=vocab.get)
+    merges = [" ".join(m) if isinstance(m, list) else m for m in json.loads(tokenizer.to_str())["model"]["merges"]]
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("default")
+    w.add_token_list(tokens)
+    w.add_token_types([3 if t in ("<unk>", "<s>", "</s>") else 1 for t in tokens])
+    w.add_token_merges(merges)
+    w.add_add_bos_token(False)
+
+
 def write_gguf(hf_model, path, tokenizer, quant: str = "F32", rope_freqs: torch.Tensor | None = None) -> None:
-    """Write ``hf_model`` as llama.cpp's convert_hf_to_gguf.py does (metadata, permuted Q/K, names)."""
+    """Write ``hf_model`` as llama.cpp's convert_hf_to_gguf.py does (metadata, permuted Q/K, names).
+
+    ``tokenizer``: a byte-level BPE ``tokenizers.Tokenizer``, or a function writing tokenizer metadata.
+    """
     c = hf_model.config
     w = gguf.GGUFWriter(str(path), "llama")
     w.add_block_count(c.num_hidden_layers)
@@ -62,20 +80,12 @@ def write_gguf(hf_model, path, tokenizer, quant: str = "F32", rope_freqs: torch.
     w.add_layer_norm_rms_eps(c.rms_norm_eps)
     w.add_vocab_size(c.vocab_size)
     w.add_rope_dimension_count(c.hidden_size // c.num_attention_heads)
-    vocab = tokenizer.get_vocab()
-    tokens = sorted(vocab, key=vocab.get)
-    model = tokenizer.to_str()
-    import json
-
-    merges = [" ".join(m) if isinstance(m, list) else m for m in json.loads(model)["model"]["merges"]]
-    w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre("default")
-    w.add_token_list(tokens)
-    w.add_token_types([3 if t in ("<unk>", "<s>", "</s>") else 1 for t in tokens])
-    w.add_token_merges(merges)
+    if callable(tokenizer):
+        tokenizer(w)  # writes its own tokenizer.ggml.* metadata
+    else:
+        _add_byte_level_tokenizer(w, tokenizer)
     w.add_bos_token_id(c.bos_token_id)
     w.add_eos_token_id(c.eos_token_id)
-    w.add_add_bos_token(False)
     if rope_freqs is not None:  # llama3 rope: convert_hf_to_gguf.py stores per-frequency divisors
         w.add_tensor("rope_freqs.weight", rope_freqs.numpy())
     for key, tensor in hf_model.state_dict().items():
@@ -219,3 +229,34 @@ def test_gguf_unsupported_architecture(tmp_path):
     w.close()
     with pytest.raises(ModelLoadError, match="architecture 'mamba' is not supported"):
         load_gguf(tmp_path / "x.gguf")
+
+
+def _sentencepiece_metadata(w) -> None:
+    """tokenizer.ggml.* of a small SentencePiece-style BPE vocabulary (Llama 2 layout: <unk> <s> </s>, 256 byte
+    tokens, then pieces scored by merge order), trained here on TEXT."""
+    from tokenizers import SentencePieceBPETokenizer
+
+    trained = SentencePieceBPETokenizer()
+    trained.train_from_iterator(TEXT * 20, vocab_size=60, special_tokens=["<unk>", "<s>", "</s>"], show_progress=False)
+    vocab = trained.get_vocab()
+    pieces = [t for t in sorted(vocab, key=vocab.get) if t not in ("<unk>", "<s>", "</s>")]
+    tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)] + pieces
+    w.add_tokenizer_model("llama")
+    w.add_token_list(tokens)
+    w.add_token_scores([0.0] * 259 + [-float(i) for i in range(len(pieces))])
+    w.add_token_types([2, 3, 3] + [6] * 256 + [1] * len(pieces))
+    w.add_add_bos_token(True)
+
+
+def test_gguf_sentencepiece_tokenizer_matches_transformers(tmp_path):
+    hf = transformers.LlamaForCausalLM(transformers.LlamaConfig(**LLAMA))
+    write_gguf(hf, tmp_path / "spm.gguf", _sentencepiece_metadata)
+    tok = load_gguf_tokenizer(tmp_path / "spm.gguf")
+    reference = transformers.AutoTokenizer.from_pretrained(tmp_path, gguf_file="spm.gguf")
+    for text in [*TEXT, "the parks sat, hello!  end", "Zebras éat the mat</s>", " leading space"]:
+        ids = tok.encode(text).ids
+        assert ids == reference(text)["input_ids"], text
+        assert ids[0] == 1  # BOS prepended
+        assert tok.decode(ids) == reference.decode(ids, skip_special_tokens=True)
+    assert tok.decode(tok.encode("Zebras éat the mat").ids) == "Zebras éat the mat"  # byte fallback round trip
+    assert any(i > 258 and len(tok.id_to_token(i)) > 2 for i in tok.encode("the cat sat").ids)  # merges used
