@@ -1,4 +1,6 @@
 """Tiny models of every family (2 layers, width 32, vocab 100) for the memory tests (imported by them)."""
+from __future__ import annotations
+
 import torch
 
 from minift.models.config import ModelConfig
@@ -11,9 +13,9 @@ PEFT_OPTIONS = {"full": {}, "lora": {}, "adapter": {"size": 8}, "bitfit": {}, "p
 
 
 def tiny_config(model_type: str, dropout: float = 0.0, **overrides) -> ModelConfig:
-    fields = dict(vocab_size=100, hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64,
-                  max_position_embeddings=64, hidden_dropout=dropout, attention_dropout=dropout,
-                  embedding_dropout=dropout)
+    fields = {"vocab_size": 100, "hidden_size": 32, "num_layers": 2, "num_heads": 4, "intermediate_size": 64,
+                  "max_position_embeddings": 64, "hidden_dropout": dropout, "attention_dropout": dropout,
+                  "embedding_dropout": dropout}
     if model_type == "llama":
         fields.update(num_kv_heads=2, hidden_act="silu", attention_bias=True)  # biases so BitFit applies
     if model_type == "gpt_neo":

@@ -6,13 +6,12 @@ the inputs checkpointed blocks keep) within 5%.
 """
 import pytest
 import torch
+from memory_tiny import FAMILY_HEADS, PEFT_OPTIONS, tiny_batch, tiny_config, tiny_model
 
 from minift.memory.activations import Batch, trace_activations
 from minift.memory.params import Method
 from minift.memory.saved import measure_saved
 from minift.memory.tracer import FP32, HALF
-
-from memory_tiny import FAMILY_HEADS, PEFT_OPTIONS, tiny_batch, tiny_config, tiny_model
 
 METHODS = list(PEFT_OPTIONS)
 
