@@ -52,11 +52,16 @@ def export_peft(model: nn.Module, folder: str | Path, base_model_name_or_path: s
         method = spec.method if spec else "none"
         raise ValueError(f"export_peft writes LoRA adapters; this model's PEFT method is {method!r}. Use "
                          "save_trainable for minift's own format")
+    # A bare encoder matches transformers' BertModel / RobertaModel, whose keys have no family prefix
+    # (as minift.models.save_pretrained writes it).
+    strip = model.head_kind is None and not model.is_decoder
+    prefix = model.family.prefix + "."
     tensors = {}
     for name, module in model.named_modules():
         if isinstance(module, LoRALinear):
-            tensors[f"base_model.model.{name}.lora_A.weight"] = module.lora_A
-            tensors[f"base_model.model.{name}.lora_B.weight"] = module.lora_B
+            key = name.removeprefix(prefix) if strip else name
+            tensors[f"base_model.model.{key}.lora_A.weight"] = module.lora_A
+            tensors[f"base_model.model.{key}.lora_B.weight"] = module.lora_B
     head_key, head = _head(model)
     if head is not None:
         for pname, p in head.named_parameters():

@@ -17,6 +17,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from minift.peft.apply import METHODS, PeftSpec, apply, find_peft_spec, make_config, trainable_parameters
+from minift.peft.lora import LoRALinear
 
 CONFIG_NAME = "peft_config.json"
 WEIGHTS_NAME = "peft_trainable.safetensors"
@@ -94,9 +95,15 @@ def load_trainable(model: nn.Module, folder: str | Path) -> nn.Module:
         raise ValueError(f"{path} does not match the model's trainable parameters: missing {missing[:5]}, "
                          f"unexpected {unexpected[:5]}, wrong shape {wrong[:5]}; was it saved from a different "
                          "base model or method?")
+    # A merged LoRA layer holds its old update in the weight: take it out before replacing A and B.
+    merged = [m for m in model.modules() if isinstance(m, LoRALinear) and m.merged]
+    for m in merged:
+        m.unmerge()
     with torch.no_grad():
         for name, p in params.items():
             p.copy_(saved[name].to(device=p.device, dtype=p.dtype))
+    for m in merged:
+        m.merge()
     return model
 
 

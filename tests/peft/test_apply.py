@@ -169,3 +169,23 @@ def test_prompt_inits(tmp_path):
     assert random.abs().max() <= 0.5 and random.std() > 0.2  # uniform [-0.5, 0.5] (Lester et al. 2021)
     vocab = apply(base, "prompt", num_virtual_tokens=6, init="vocab").prompt.embedding
     assert all(any(torch.equal(row, e) for e in emb) for row in vocab)  # every row is some token's embedding
+
+
+def test_load_trainable_into_a_merged_model(tmp_path):
+    bert = make_tiny(tmp_path, "bert", "classification")
+    trained = apply(bert.load(), "lora", r=2)
+    with torch.no_grad():
+        for p in trained.parameters():
+            if p.requires_grad:
+                p.normal_(0, 0.3)
+    saved = save_trainable(trained, tmp_path / "saved")
+    target = apply(bert.load(), "lora", r=2)
+    with torch.no_grad():
+        for name, p in target.named_parameters():
+            if name.endswith("lora_B"):
+                p.fill_(0.1)  # another, non-zero update, merged into the weights below
+    merge(target)
+    target = load_trainable(target, saved)
+    b = batch("bert")
+    with torch.no_grad():
+        torch.testing.assert_close(target(**b), trained(**b), rtol=0, atol=1e-5)
