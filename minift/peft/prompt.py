@@ -112,7 +112,11 @@ class PromptModel(nn.Module):
         try:
             return super().__getattr__(name)
         except AttributeError:
-            return getattr(self._modules["model"], name)
+            modules = self.__dict__.get("_modules")
+            # during copy / unpickling _modules does not exist yet: do not recurse
+            if name.startswith("__") or modules is None or "model" not in modules:
+                raise
+            return getattr(modules["model"], name)
 
     @property
     def gradient_checkpointing(self) -> bool:

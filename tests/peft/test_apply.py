@@ -1,4 +1,5 @@
 """``apply`` and the helpers around it: where modules go, clear errors, the prompt wrapper, save/load checks."""
+import copy
 import json
 
 import pytest
@@ -141,6 +142,11 @@ def test_prompt_wrapper_stands_in_for_the_model(tmp_path):
         by_embeds = model(inputs_embeds=base.get_input_embeddings()(b["input_ids"]), attention_mask=b["attention_mask"])
     assert by_ids.shape == (*b["input_ids"].shape, base.config.num_labels)
     assert torch.equal(by_ids, by_embeds)
+    copied = copy.deepcopy(model)
+    with torch.no_grad():
+        assert torch.equal(copied(**b), by_ids)
+    with pytest.raises(AttributeError, match="no_such_attribute"):
+        model.no_such_attribute  # noqa: B018
 
 
 def test_prompt_extends_token_type_ids(tmp_path):
