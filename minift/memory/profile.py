@@ -90,7 +90,8 @@ def make_optimizer(name: str, model: torch.nn.Module, lr: float = 1e-5) -> torch
                      "does not ship an 8-bit optimizer)")
 
 
-def _batch(config: ModelConfig, head: str | None, setup: Setup, device: torch.device) -> tuple[dict, str | None]:
+def random_batch(config: ModelConfig, head: str | None, setup: Setup, device: torch.device) -> dict:
+    """A random batch of ``setup``'s shape with labels for ``head``."""
     B, T = setup.batch_size, setup.seq_len
     ids = torch.randint(3, config.vocab_size, (B, T), device=device)
     batch = {"input_ids": ids}
@@ -106,7 +107,7 @@ def _batch(config: ModelConfig, head: str | None, setup: Setup, device: torch.de
         batch["labels"] = torch.rand(B, device=device)
     elif head == "token-classification":
         batch["labels"] = torch.randint(0, config.num_labels, (B, T), device=device)
-    return batch, head
+    return batch
 
 
 def profile_training(config: ModelConfig, method: Method | None = None, setup: Setup | None = None,
@@ -116,8 +117,6 @@ def profile_training(config: ModelConfig, method: Method | None = None, setup: S
     Returns:
         ``Profile`` with measured and estimated bytes for each of ``PHASES``.
     """
-    from minift.train.losses import loss_sum
-
     method, setup = method or Method(), setup or Setup()
     if steps < 2:
         raise ValueError("profile at least 2 steps: the optimizer states appear in step 1, steady state in step 2")
@@ -126,51 +125,103 @@ def profile_training(config: ModelConfig, method: Method | None = None, setup: S
     head = setup.resolved_head(config)
     gc.collect()
     torch.cuda.empty_cache()
-    base = torch.cuda.memory_allocated()
+    _warm_up(device)
+    memory = _CudaMemory()
     dtype = torch.bfloat16 if setup.precision == "bf16" else torch.float32
-    amp_dtype = torch.float16 if setup.precision == "mixed-fp16" else torch.bfloat16
     model = build_random_model(config, method, head, device, dtype)
-    model.gradient_checkpointing = setup.grad_checkpointing
-    model.train()
     optimizer = make_optimizer(setup.optimizer, model)
-    scaler = torch.amp.GradScaler("cuda", enabled=setup.precision == "mixed-fp16")
-    batch, kind = _batch(config, head, setup, device)
-    inputs = {k: v for k, v in batch.items() if k != "labels"}
-    backend = torch.nn.attention.SDPBackend.MATH if setup.attention == "eager" else None
-    torch.cuda.synchronize()
-    m = {"weights loaded": torch.cuda.memory_allocated() - base}
+    batch = random_batch(config, head, setup, device)
     start = time.perf_counter()
-    for _ in range(steps):
-        torch.cuda.reset_peak_memory_stats()
-        with torch.autocast("cuda", dtype=amp_dtype, enabled=setup.autocast), _sdpa(backend):
-            out = model(**inputs)
-            loss = loss_sum(kind, out, batch["labels"]) if kind else out.float().sum()
-        m["after forward"] = torch.cuda.memory_allocated() - base
-        m["peak in forward"] = torch.cuda.max_memory_allocated() - base
-        torch.cuda.reset_peak_memory_stats()
-        with _sdpa(backend):
-            scaler.scale(loss).backward()
-        m["peak in backward"] = torch.cuda.max_memory_allocated() - base
-        del out, loss
-        torch.cuda.reset_peak_memory_stats()
-        scaler.step(optimizer)
-        scaler.update()
-        m["peak in optimizer step"] = torch.cuda.max_memory_allocated() - base
-        optimizer.zero_grad(set_to_none=True)
-        m["steady state after step 2"] = torch.cuda.memory_allocated() - base
-    torch.cuda.synchronize()
+    m = train_steps(model, optimizer, batch, head, setup, steps, memory)
     seconds = (time.perf_counter() - start) / steps
-    m["peak"] = max(m["peak in forward"], m["peak in backward"], m["peak in optimizer step"])
     after_forward = est.steady + est.autocast_copies + est.activations.total + est.extra["logits_live"]
     e = {"weights loaded": est.weights, "after forward": after_forward,
          "peak in forward": est.phases["forward+loss"],
          "peak in backward": max(est.phases["backward start"], est.phases["backward (blocks)"]),
          "peak in optimizer step": est.phases["optimizer step"], "steady state after step 2": est.steady,
          "peak": est.peak}
-    del model, optimizer, batch, inputs
+    del model, optimizer, batch
     gc.collect()
     torch.cuda.empty_cache()
     return Profile(measured=m, estimated=e, estimate=est, seconds_per_step=seconds)
+
+
+class _CudaMemory:
+    """``memory_allocated`` / ``max_memory_allocated`` relative to what was allocated when it was created."""
+
+    def __init__(self):
+        torch.cuda.synchronize()
+        self.base = torch.cuda.memory_allocated()
+
+    def reset(self) -> None:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+
+    def now(self) -> int:
+        torch.cuda.synchronize()
+        return torch.cuda.memory_allocated() - self.base
+
+    def peak(self) -> int:
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - self.base
+
+
+def train_steps(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: dict, kind: str | None,
+                setup: Setup, steps: int, memory=None) -> dict[str, int]:
+    """``steps`` training steps as ``minift.train`` runs them; ``memory`` (``reset/now/peak``) is read per phase.
+
+    Returns:
+        ``{phase: bytes}`` of the last step (empty without ``memory``).
+    """
+    from minift.train.losses import loss_sum
+
+    device = next(model.parameters()).device
+    amp_dtype = torch.float16 if setup.precision == "mixed-fp16" else torch.bfloat16
+    scaler = torch.amp.GradScaler(device.type, enabled=setup.precision == "mixed-fp16")
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    backend = torch.nn.attention.SDPBackend.MATH if setup.attention == "eager" else None
+    model.gradient_checkpointing = setup.grad_checkpointing
+    model.train()
+    m = {"weights loaded": memory.now()} if memory else {}
+    for _ in range(steps):
+        if memory:
+            memory.reset()
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=setup.autocast), _sdpa(backend):
+            out = model(**inputs)
+            loss = loss_sum(kind, out, batch["labels"]) if kind else out.float().sum()
+        if memory:
+            m["after forward"], m["peak in forward"] = memory.now(), memory.peak()
+            memory.reset()
+        with _sdpa(backend):
+            scaler.scale(loss).backward()
+        if memory:
+            m["peak in backward"] = memory.peak()
+        del out, loss
+        if memory:
+            memory.reset()
+        scaler.step(optimizer)
+        scaler.update()
+        if memory:
+            m["peak in optimizer step"] = memory.peak()
+        optimizer.zero_grad(set_to_none=True)
+        if memory:
+            m["steady state after step 2"] = memory.now()
+    if memory:
+        m["peak"] = max(m["peak in forward"], m["peak in backward"], m["peak in optimizer step"])
+    return m
+
+
+def _warm_up(device: torch.device) -> None:
+    """Run a matmul in each dtype and an SDPA call so cuBLAS / cuBLASLt workspaces (allocated through the caching
+    allocator on first use) exist before the baseline is read and are not counted as the model's memory."""
+    a = torch.randn(64, 64, device=device)
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        b = a.to(dtype)
+        (b @ b).sum().item()
+    q = torch.randn(1, 2, 64, 64, device=device, dtype=torch.bfloat16, requires_grad=True)
+    torch.nn.functional.scaled_dot_product_attention(q, q, q, is_causal=True).sum().backward()
+    del a, b, q
+    torch.cuda.synchronize()
 
 
 class _sdpa:
