@@ -7,17 +7,17 @@ max_length)`` -> features; ``collate(features, pad_id)`` / ``Collator`` -> padde
 """
 from minift.data.collate import Collator, LengthGroupedBatchSampler, collate, length_grouped_batches
 from minift.data.encode import (
-                                IGNORE_INDEX,
-                                encode,
-                                encode_causal_lm,
-                                encode_task,
-                                encode_words,
-                                format_prompt,
-                                parse_label,
+    IGNORE_INDEX,
+    encode,
+    encode_causal_lm,
+    encode_task,
+    encode_words,
+    format_prompt,
+    parse_label,
 )
 from minift.data.errors import DataError
 from minift.data.example import Example, Task
-from minift.data.lm_eval import generate_label_ids, greedy_generate
+from minift.data.lm_eval import generate_label_ids
 from minift.data.metrics import classification_report, compute_metrics
 from minift.data.ner import entities, ner_report, ner_scores
 from minift.data.paths import resolve_data_dir
@@ -27,7 +27,7 @@ from minift.data.tokenizer import SpecialIds, load_tokenizer, special_ids, uses_
 __all__ = [
     "IGNORE_INDEX", "Collator", "DataError", "Example", "LengthGroupedBatchSampler", "SpecialIds", "Task",
     "classification_report", "collate", "compute_metrics", "encode", "encode_causal_lm", "encode_task",
-    "encode_words", "entities", "format_prompt", "generate_label_ids", "greedy_generate", "length_grouped_batches", "load_task", "load_tokenizer",
-    "ner_report", "ner_scores", "parse_label", "resolve_data_dir", "special_ids", "task_names",
+    "encode_words", "entities", "format_prompt", "generate_label_ids", "length_grouped_batches", "load_task",
+    "load_tokenizer", "ner_report", "ner_scores", "parse_label", "resolve_data_dir", "special_ids", "task_names",
     "uses_token_type_ids",
 ]
