@@ -252,3 +252,29 @@ def test_inputs_embeds_equals_input_ids(tmp_path):
         a = ours(input_ids=ids, attention_mask=mask)
         b = ours(inputs_embeds=ours.get_input_embeddings()(ids), attention_mask=mask)
     torch.testing.assert_close(a, b)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("family", ["gpt2", "gpt_neo", "llama"])
+def test_decoders_on_cuda_match_cpu(tmp_path, family):
+    """Same logits on the GPU (fp32), and finite bf16 logits with left padding (fully masked rows)."""
+    if family == "gpt2":
+        hf = transformers.GPT2LMHeadModel(_gpt2_config())
+    elif family == "gpt_neo":
+        hf = transformers.GPTNeoForCausalLM(transformers.GPTNeoConfig(
+            vocab_size=VOCAB, hidden_size=32, num_layers=2, num_heads=4, max_position_embeddings=64,
+            attention_types=[[["global", "local"], 1]], window_size=4))
+    else:
+        hf = transformers.LlamaForCausalLM(transformers.LlamaConfig(**LLAMA, rope_parameters=LLAMA3_ROPE | {
+            "rope_theta": 500.0}))
+    _save(hf, tmp_path)
+    ids, mask = _batch()
+    keep = mask.bool()
+    with torch.no_grad():
+        cpu = load_pretrained(tmp_path)(input_ids=ids, attention_mask=mask)
+        gpu = load_pretrained(tmp_path, device="cuda")(input_ids=ids.cuda(), attention_mask=mask.cuda()).cpu()
+        half = load_pretrained(tmp_path, device="cuda", dtype=torch.bfloat16)(
+            input_ids=ids.cuda(), attention_mask=mask.cuda()).float().cpu()
+    torch.testing.assert_close(gpu[keep], cpu[keep], atol=1e-3, rtol=0)
+    assert torch.isfinite(half).all()
+    assert (half[keep] - cpu[keep]).abs().max() < 0.1
