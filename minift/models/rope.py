@@ -123,17 +123,17 @@ class RotaryEmbedding(nn.Module):
         self.max_position_embeddings = max_position_embeddings
         self.inv_freq = rope_inv_freq(head_dim, self.theta, self.rope_scaling, max_position_embeddings)
 
-    def _inv_freq_for(self, seq_len: int, device: torch.device) -> torch.Tensor:
-        inv_freq = self.inv_freq
-        if self.rope_type == "dynamic" and seq_len > self.max_position_embeddings:
-            inv_freq = rope_inv_freq(
-                self.head_dim, self.theta, self.rope_scaling, self.max_position_embeddings, seq_len=seq_len
-            )
-        if inv_freq.device != device:
-            inv_freq = inv_freq.to(device)
-            if inv_freq.shape == self.inv_freq.shape and self.rope_type != "dynamic":
-                self.inv_freq = inv_freq  # cache on the compute device
-        return inv_freq
+    def _inv_freq_for(self, position_ids: torch.Tensor) -> torch.Tensor:
+        device = position_ids.device
+        if self.rope_type == "dynamic" and position_ids.numel():
+            seq_len = int(position_ids.max().item()) + 1  # a host sync, only for dynamic scaling
+            if seq_len > self.max_position_embeddings:
+                return rope_inv_freq(
+                    self.head_dim, self.theta, self.rope_scaling, self.max_position_embeddings, seq_len=seq_len
+                ).to(device)
+        if self.inv_freq.device != device:
+            self.inv_freq = self.inv_freq.to(device)  # cache on the compute device
+        return self.inv_freq
 
     def forward(self, position_ids: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """cos/sin for ``position_ids``.
@@ -145,8 +145,7 @@ class RotaryEmbedding(nn.Module):
         Returns:
             cos, sin: each (B, T, head_dim) (or (T, head_dim)), computed in fp32 then cast to ``dtype``.
         """
-        seq_len = int(position_ids.max().item()) + 1 if position_ids.numel() else 0
-        inv_freq = self._inv_freq_for(seq_len, position_ids.device)
+        inv_freq = self._inv_freq_for(position_ids)
         with torch.autocast(device_type=position_ids.device.type, enabled=False):
             freqs = position_ids[..., None].float() * inv_freq  # (B, T, hs/2)
             emb = torch.cat((freqs, freqs), dim=-1)  # (B, T, hs)
