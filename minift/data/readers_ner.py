@@ -15,6 +15,9 @@ BIO_LABELS = ["O"] + [f"{p}-{t}" for t in ENTITY_TYPES for p in ("B", "I")]
 # Words roughly as GENIA tokenises: brackets and , ; : " stand alone; a chunk's final "." is split off.
 _WORD = re.compile(r'[()\[\]{},;:"]|[^\s()\[\]{},;:"]+')
 _SENTENCE_END = {".", "?", "!"}
+# A "." after these is an abbreviation (journal citations, "et al.", initials), not a sentence end.
+_ABBREVIATIONS = {"al", "e.g", "i.e", "vs", "ca", "approx", "Fig", "Figs", "Ref", "No", "Dr", "Mol", "Biol", "Cell",
+                  "Natl", "Acad", "Sci", "Proc", "USA", "Virol", "Immunol", "Exp", "Med", "J", "Chem", "Res", "Nucl"}
 
 
 def parse_ann(path: Path) -> list[tuple[int, int, str, str]]:
@@ -53,11 +56,16 @@ def _words(text: str, boundaries: set[int]) -> list[tuple[int, int]]:
     return spans
 
 
+def _abbreviation(word: str) -> bool:
+    return word in _ABBREVIATIONS or (len(word) == 1 and word.isupper())
+
+
 def brat_to_sentences(text: str, entities: list[tuple[int, int, str, str]], where: Path) -> list[Example]:
     """Words and IOB2 tag ids of one document, split into sentences.
 
     A sentence ends at a line break, or after ``.``/``?``/``!`` followed by a word starting with a capital
-    letter or a digit, never inside an entity. Overlapping entities are an error (JNLPBA has none).
+    letter or a digit, never inside an entity, nor after an initial or a common abbreviation (``M.``, ``al.``,
+    ``Biol.``). Overlapping entities are an error (JNLPBA has none).
     """
     boundaries = {b for s, e, _, _ in entities for b in (s, e)}
     spans = _words(text, boundaries)
@@ -83,7 +91,8 @@ def brat_to_sentences(text: str, entities: list[tuple[int, int, str, str]], wher
         if current and not inside[i]:
             previous_end = spans[current[-1]][1]
             newline = "\n" in text[previous_end:s]
-            after_stop = text[spans[current[-1]][0]:previous_end] in _SENTENCE_END
+            after_stop = text[spans[current[-1]][0]:previous_end] in _SENTENCE_END and not (
+                len(current) > 1 and _abbreviation(text[spans[current[-2]][0]:spans[current[-2]][1]]))
             if newline or (after_stop and (text[s].isupper() or text[s].isdigit())):
                 sentences.append(current)
                 current = []

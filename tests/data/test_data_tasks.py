@@ -115,7 +115,7 @@ def test_bionlp2004_train_from_brat_and_test_from_iob2(shared_data):
     # every one of the 51,301 brat entities becomes exactly one B- tag
     assert sum(v for k, v in train_tags.items() if k.startswith("B-")) == 51301
     assert train_tags["B-protein"] == 30269 and train_tags["B-RNA"] == 951
-    assert 18000 < len(task.splits["train"]) < 20000  # JNLPBA's train has 18,546 sentences
+    assert abs(len(task.splits["train"]) - 18546) < 100  # JNLPBA's own train file has 18,546 sentences
     for example in task.splits["train"][:200]:
         assert len(example.words) == len(example.label)
         tags = [task.label_names[i] for i in example.label]
