@@ -93,10 +93,7 @@ def gguf_config(reader, path: str | Path = "<gguf>") -> ModelConfig:
     names = {t.name for t in reader.tensors}
     num_heads = int(need("attention.head_count"))
     hidden = int(need("embedding_length"))
-    tokens = _meta(reader, "tokenizer.ggml.tokens")
-    vocab = _meta(reader, f"{arch}.vocab_size") or (len(tokens) if tokens else None)
-    if vocab is None:
-        vocab = int(_tensor(reader, "token_embd.weight").shape[0])
+    vocab = int(_tensor(reader, "token_embd.weight").shape[-1])  # GGUF shapes list the innermost dim first
     d = {
         "model_type": "llama",
         "architectures": ["LlamaForCausalLM"],
@@ -131,7 +128,7 @@ def _tensor(reader, name: str):
     for t in reader.tensors:
         if t.name == name:
             return t
-    raise CheckpointError(f"GGUF has no tensor {name!r}")
+    raise CheckpointError(f"GGUF has no tensor {name!r}; the file is incomplete or not a Llama-architecture model")
 
 
 def _hf_name(name: str) -> str | None:
