@@ -43,6 +43,11 @@ def main(argv: list | None = None) -> int:
     except MemoryError as err:
         console.print(f"[red]out of memory:[/red] {err}", markup=True, highlight=False)
         return 1
+    finally:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
     return 0
 
 

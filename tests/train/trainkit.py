@@ -71,3 +71,23 @@ def collate(rows: list[dict]) -> dict:
         if token_labels:
             labels[i, :t] = r["labels"]
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+WORDS = [f"w{i}" for i in range(90)]
+
+
+def tiny_cli_assets(tmp_path: Path, n_train: int = 96, n_test: int = 40, dropout: float = 0.1) -> tuple:
+    """(model folder, task spec) for command-line runs: a tiny BERT with a WordPiece vocab.txt, and a CSV task
+    whose label says whether the word "w7" occurs in the text (learnable, so metrics move)."""
+    folder = tiny_bert_folder(tmp_path / "model", num_labels=2, dropout=dropout)
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    g = torch.Generator().manual_seed(7)
+    for split, n in (("train", n_train), ("dev", n_test), ("test", n_test)):
+        lines = ["text,label"]
+        for _ in range(n):
+            length = int(torch.randint(3, 14, (), generator=g))
+            words = [WORDS[int(i)] for i in torch.randint(0, 90, (length,), generator=g)]
+            lines.append(f"{' '.join(words)},{int('w7' in words)}")
+        (tmp_path / f"{split}.csv").write_text("\n".join(lines) + "\n")
+    return folder, f"file:{tmp_path / 'train.csv'},{tmp_path / 'dev.csv'},{tmp_path / 'test.csv'}"
