@@ -236,9 +236,9 @@ def load_gguf(path: str | Path, dtype: torch.dtype | str | None = None, device: 
     skipped = [k for k in state if k not in expected or (model.is_tied and k == "lm_head.weight")]
     for key in skipped:
         del state[key]  # lm_head of a GGUF loaded with another head, or tied
-    fresh = [k for k in expected if k not in state and model.head_spec and k.startswith(model.head_spec.key + ".")]
-    tied = {"lm_head.weight"} if model.is_tied else set()
-    fresh = [k for k in fresh if k not in tied]
+    head_prefix = model.head_spec.key + "." if model.head_spec else None
+    tied = {"lm_head.weight"} if model.is_tied else set()  # shares the embedding, filled below
+    fresh = [k for k in expected if k not in state and k not in tied and head_prefix and k.startswith(head_prefix)]
     missing = sorted(k for k in expected if k not in state and k not in fresh and k not in tied)
     mis_shaped = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(s)}" for k, s in expected.items()
                   if k in state and tuple(state[k].shape) != tuple(s)]
