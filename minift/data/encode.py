@@ -38,7 +38,7 @@ def _truncating(tokenizer: Tokenizer, max_length: int | None):
 
 
 def encode(task: Task, examples: Sequence[Example], tokenizer: Tokenizer, max_length: int | None = 128,
-           special: SpecialIds | None = None) -> list[dict]:
+           special: SpecialIds | None = None, token_type_ids: bool | None = None) -> list[dict]:
     """Encode examples for training / evaluation with a loss.
 
     Args:
@@ -47,15 +47,17 @@ def encode(task: Task, examples: Sequence[Example], tokenizer: Tokenizer, max_le
         tokenizer: the model's tokenizer (its post-processor adds the special tokens and type ids).
         max_length: longest sequence in tokens, special tokens included; None: no truncation.
         special: special ids (eos for causal-LM); default ``special_ids(tokenizer)``.
+        token_type_ids: include ``token_type_ids``; None: when ``uses_token_type_ids(tokenizer)`` (BERT).
+            Pass ``config.type_vocab_size > 1`` to decide by the model instead.
 
     Returns:
         One feature per example, in order.
     """
     if task.kind == "token-classification":
-        return encode_words(examples, tokenizer, max_length)
+        return encode_words(examples, tokenizer, max_length, token_type_ids)
     if task.kind == "causal-lm":
         return encode_causal_lm(task, examples, tokenizer, max_length, special, with_target=True)
-    with_types = uses_token_type_ids(tokenizer)
+    with_types = uses_token_type_ids(tokenizer) if token_type_ids is None else token_type_ids
     inputs = [ex.text if ex.text_pair is None else (ex.text, ex.text_pair) for ex in examples]
     with _truncating(tokenizer, max_length):
         encodings = tokenizer.encode_batch(inputs, add_special_tokens=True)
@@ -75,10 +77,11 @@ def _space_prefixed_words(tokenizer: Tokenizer) -> bool:
     return '"ByteLevel"' in pre and not re.search(r'"add_prefix_space":\s*true', pre)
 
 
-def encode_words(examples: Sequence[Example], tokenizer: Tokenizer, max_length: int | None = 128) -> list[dict]:
+def encode_words(examples: Sequence[Example], tokenizer: Tokenizer, max_length: int | None = 128,
+                 token_type_ids: bool | None = None) -> list[dict]:
     """Token classification: each word's tag on its first sub-token, -100 on the other sub-tokens and on
-    special tokens. Words cut off by truncation lose their labels."""
-    with_types = uses_token_type_ids(tokenizer)
+    special tokens. Words cut off by truncation lose their labels. ``token_type_ids`` as in ``encode``."""
+    with_types = uses_token_type_ids(tokenizer) if token_type_ids is None else token_type_ids
     prefix = _space_prefixed_words(tokenizer)
     batch = []
     for ex in examples:
@@ -152,7 +155,8 @@ def parse_label(generated: str, label_words: Sequence[str]) -> int:
     return best
 
 
-def encode_task(task: Task, tokenizer: Tokenizer, max_length: int | None = 128,
-                special: SpecialIds | None = None) -> dict[str, list[dict]]:
+def encode_task(task: Task, tokenizer: Tokenizer, max_length: int | None = 128, special: SpecialIds | None = None,
+                token_type_ids: bool | None = None) -> dict[str, list[dict]]:
     """``encode`` of every split of a task: split name -> features."""
-    return {split: encode(task, examples, tokenizer, max_length, special) for split, examples in task.splits.items()}
+    return {split: encode(task, examples, tokenizer, max_length, special, token_type_ids)
+            for split, examples in task.splits.items()}

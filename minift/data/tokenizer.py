@@ -182,19 +182,25 @@ def special_ids(tokenizer: Tokenizer, config=None) -> SpecialIds:
 
 
 def uses_token_type_ids(tokenizer: Tokenizer) -> bool:
-    """True when the post-processor gives the second text of a pair type id 1 (BERT), so the model
-    needs ``token_type_ids``; False for RoBERTa, GPT-2 and Llama-style tokenizers."""
+    """True for BERT-style post-processors: ``[CLS] A [SEP]`` with the second text of a pair on type id 1.
+
+    False for RoBERTa, GPT-2, and Llama-style templates (``<s> A`` / ``<s> A <s> B:1``): those models have no
+    token-type embedding to feed, whatever type ids their template writes.
+    """
     processor = json.loads(tokenizer.to_str()).get("post_processor") or {}
-    return _has_type_one(processor)
+    return _bert_style(processor)
 
 
-def _has_type_one(processor: dict) -> bool:
+def _bert_style(processor: dict) -> bool:
     kind = processor.get("type")
     if kind == "BertProcessing":
         return True
     if kind == "TemplateProcessing":
-        return any(piece.get(name, {}).get("type_id", 0) == 1
-                   for piece in processor.get("pair", []) for name in ("Sequence", "SpecialToken"))
+        single, pair = processor.get("single", []), processor.get("pair", [])
+        separator_after_a = bool(single) and "SpecialToken" in single[-1]
+        second_type = any(piece.get(name, {}).get("type_id", 0) == 1 for piece in pair
+                          for name in ("Sequence", "SpecialToken"))
+        return separator_after_a and second_type
     if kind == "Sequence":
-        return any(_has_type_one(p) for p in processor.get("processors", []))
+        return any(_bert_style(p) for p in processor.get("processors", []))
     return False

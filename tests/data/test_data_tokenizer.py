@@ -114,3 +114,21 @@ def test_gguf_path_goes_to_the_gguf_tokenizer_and_serves_causal_lm(smollm2_gguf)
     assert feature["input_ids"][-1] == 2
     scored = [t for t, y in zip(feature["input_ids"], feature["labels"]) if y != -100]
     assert tokenizer.decode(scored[:-1]) == " positive"
+
+
+def test_llama_style_template_does_not_ask_for_token_type_ids(bpe_folder):
+    from tokenizers import processors
+
+    from minift.data import Example, Task, encode
+
+    (bpe_folder / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
+    tokenizer = load_tokenizer(bpe_folder)
+    # the template llama.cpp's metadata gives a Llama / SmolLM tokenizer: "<s> A" and "<s> A <s> B:1"
+    tokenizer.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B:1",
+                                                             special_tokens=[("<s>", tokenizer.token_to_id("<s>"))])
+    assert not uses_token_type_ids(tokenizer)
+    task = Task(name="t", kind="classification", splits={}, label_names=["a", "b"], metric_names=["accuracy"],
+                main_metric="accuracy")
+    pair = [Example(text="the food", text_pair="was great", label=1)]
+    assert "token_type_ids" not in encode(task, pair, tokenizer)[0]
+    assert encode(task, pair, tokenizer, token_type_ids=True)[0]["token_type_ids"][-1] == 1  # explicit override
