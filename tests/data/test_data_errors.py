@@ -164,3 +164,16 @@ def test_custom_train_test_files_regression_and_unknown_label(tmp_path):
 def test_unterminated_quote_is_reported(tmp_path):
     path = _agnews(tmp_path, b'3,Title,Description\r\n3,"Title,desc\r\n')
     _expect(path, 3, "malformed ','-separated row: unexpected end of data", lambda: load_task("agnews", tmp_path))
+
+
+def test_custom_pair_columns_and_explicit_kind(tmp_path):
+    path = tmp_path / "pairs.tsv"
+    path.write_text("a\tb\tscore\n" + "".join(f"first {i}\tsecond {i}\t{i % 3}\n" for i in range(10)))
+    task = load_task(f"file:{path},{path}", text_column="a", text_pair_column="b", label_column="score")
+    assert task.kind == "classification" and task.label_names == ["0", "1", "2"]
+    assert task.splits["train"][4].text_pair == "second 4" and task.splits["train"][4].label == 1
+    task = load_task(f"file:{path},{path}", text_column="a", text_pair_column="b", label_column="score",
+                     kind="regression")
+    assert task.kind == "regression" and task.splits["test"][2].label == 2.0
+    with pytest.raises(DataError, match="kind must be"):
+        load_task(f"file:{path}", text_column="a", label_column="score", kind="ranking")
