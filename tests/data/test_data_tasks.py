@@ -1,6 +1,7 @@
 """Every task built from the real files in ../shared/data: split sizes and label distributions as MANIFEST.md
 lists them (or as the task's documented construction gives them), no leakage, data-dir resolution."""
 import functools
+import json
 import re
 from collections import Counter
 
@@ -43,14 +44,14 @@ def test_agnews_text_is_title_plus_description_with_escapes_resolved(shared_data
     assert clean_agnews('a\\\\b  #36;5') == "a b $5"
 
 
-@pytest.mark.parametrize("name,sizes,train_counts", [
-    ("restaurant", {"train": 3452, "dev": 150, "test": 1120}, {"positive": 2094, "negative": 779, "neutral": 579}),
-    ("laptop", {"train": 2163, "dev": 150, "test": 638}, {"positive": 930, "negative": 800, "neutral": 433}),
-])
-def test_aspect_sentiment_pairs(shared_data, name, sizes, train_counts):
-    task = load_task(name + "_sup", shared_data)
-    assert _sizes(task) == sizes and task.num_labels == 3
-    assert task.label_counts("train") == train_counts
+@pytest.mark.parametrize("name,sizes", [("restaurant", {"train": 3452, "dev": 150, "test": 1120}),
+                                        ("laptop", {"train": 2163, "dev": 150, "test": 638})])
+def test_aspect_sentiment_pairs(shared_data, name, sizes):
+    task = _load(name + "_sup", shared_data)
+    assert _sizes(task) == sizes and task.num_labels == 3  # MANIFEST
+    for split in sizes:
+        raw = json.loads((shared_data / name / f"{split}.json").read_text())
+        assert task.label_counts(split) == Counter(item["polarity"] for item in raw.values())
     example = task.splits["train"][0]
     assert example.text_pair is not None and example.text in example.text_pair  # (term, sentence)
 
@@ -94,14 +95,27 @@ def test_glue_tasks(shared_data):
     assert all(ex.text_pair for ex in mrpc.splits["test"]) and "f1" in mrpc.metric_names
 
 
+def _phrasebank(path):
+    """Independent reading of a Sentences_*Agree.txt: unique sentence -> set of labels given to it."""
+    labels = {}
+    for line in path.read_bytes().decode("iso-8859-1").splitlines():
+        sentence, _, label = line.rpartition("@")
+        labels.setdefault(sentence.strip(), set()).add(label)
+    return labels
+
+
 def test_financial_phrasebank_has_no_sentence_in_both_splits(shared_data):
     task = _load("financial_phrasebank", shared_data)
     train, test = ({ex.text for ex in task.splits[s]} for s in ("train", "test"))
     assert not train & test
     assert len(train) == len(task.splits["train"]) and len(test) == len(task.splits["test"])  # deduplicated
-    assert _sizes(task) == {"train": 3994, "test": 842}
-    # 4,838 unique sentences in 50Agree (4,846 lines), 2 of them with conflicting labels and dropped
-    assert len(train) + len(test) == 4838 - 2
+    folder = shared_data / "financial_phrasebank"
+    all50, all66 = _phrasebank(folder / "Sentences_50Agree.txt"), _phrasebank(folder / "Sentences_66Agree.txt")
+    unambiguous = {s for s, labels in all50.items() if len(labels) == 1}
+    assert test <= set(all66) and len(test) == round(0.2 * len(all66))  # 20% of 66Agree's unique sentences
+    assert train == unambiguous - test  # the rest of 50Agree, minus sentences given two labels
+    names = task.label_names
+    assert all({names[ex.label]} == all66[ex.text] for ex in task.splits["test"])
     lm = _load("financial_phrasebank_lm", shared_data)
     assert lm.kind == "causal-lm" and lm.label_words == ["negative", "neutral", "positive"]
     assert [ex.text for ex in lm.splits["test"]] == [ex.text for ex in task.splits["test"]]
@@ -112,9 +126,14 @@ def test_bionlp2004_train_from_brat_and_test_from_iob2(shared_data):
     assert task.kind == "token-classification" and task.main_metric == "f1"
     assert len(task.splits["test"]) == 3856  # MANIFEST
     train_tags = task.label_counts("train")
-    # every one of the 51,301 brat entities becomes exactly one B- tag
-    assert sum(v for k, v in train_tags.items() if k.startswith("B-")) == 51301
-    assert train_tags["B-protein"] == 30269 and train_tags["B-RNA"] == 951
+    # every brat entity becomes exactly one B- tag of its type
+    brat = Counter(line.split("\t")[1].split(" ")[0] for ann in (shared_data / "bionlp2004" / "train").glob("*.ann")
+                   for line in ann.read_text().splitlines() if line.startswith("T"))
+    assert {k[2:]: v for k, v in train_tags.items() if k.startswith("B-")} == brat
+    test_tags = Counter(line.split("\t")[1] for line in
+                        (shared_data / "bionlp2004" / "test" / "Genia4EReval1.iob2").read_text().splitlines()
+                        if "\t" in line)
+    assert task.label_counts("test") == test_tags
     assert abs(len(task.splits["train"]) - 18546) < 100  # JNLPBA's own train file has 18,546 sentences
     for example in task.splits["train"][:200]:
         assert len(example.words) == len(example.label)
