@@ -15,7 +15,7 @@ from torch import nn
 from minift.models.activations import activation
 from minift.models.attention import attention, build_mask
 from minift.models.config import ModelConfig
-from minift.models.heads import lm_head, score_head
+from minift.models.heads import linear_head, lm_head, score_head
 from minift.models.registry import Family, HeadSpec, KeyTransform
 from minift.models.task_model import run_block
 
@@ -161,6 +161,10 @@ FAMILY = Family(
             key="score", build=score_head, pooling="last", hf_class="GPT2ForSequenceClassification"
         ),
         "regression": HeadSpec(key="score", build=score_head, pooling="last", hf_class="GPT2ForSequenceClassification"),
+        # dropout then Linear(C, num_labels) with bias on every token, as transformers' GPT2ForTokenClassification
+        "token-classification": HeadSpec(
+            key="classifier", build=linear_head, pooling="tokens", hf_class="GPT2ForTokenClassification", dropout=True
+        ),
     },
     # Old checkpoints saved the causal-mask buffers; we build masks on the fly.
     skip=(r"\.attn\.(bias|masked_bias)$",),

@@ -17,7 +17,7 @@ from torch import nn
 from minift.models.attention import attention, build_mask
 from minift.models.config import ModelConfig
 from minift.models.gpt2 import GPT2MLP
-from minift.models.heads import lm_head, score_head
+from minift.models.heads import linear_head, lm_head, score_head
 from minift.models.registry import Family, HeadSpec
 from minift.models.task_model import run_block
 
@@ -157,6 +157,10 @@ FAMILY = Family(
         ),
         "regression": HeadSpec(
             key="score", build=score_head, pooling="last", hf_class="GPTNeoForSequenceClassification"
+        ),
+        # dropout then Linear(C, num_labels) with bias on every token, as transformers' GPTNeoForTokenClassification
+        "token-classification": HeadSpec(
+            key="classifier", build=linear_head, pooling="tokens", hf_class="GPTNeoForTokenClassification", dropout=True
         ),
     },
     # Old checkpoints saved the causal/local mask buffers; we build masks on the fly.

@@ -15,7 +15,7 @@ from torch import nn
 from minift.models.activations import activation
 from minift.models.attention import attention, build_mask
 from minift.models.config import ModelConfig
-from minift.models.heads import lm_head, score_head
+from minift.models.heads import linear_head, lm_head, score_head
 from minift.models.registry import Family, HeadSpec
 from minift.models.rope import RotaryEmbedding, apply_rotary
 from minift.models.task_model import run_block
@@ -178,6 +178,10 @@ FAMILY = Family(
             key="score", build=score_head, pooling="last", hf_class="LlamaForSequenceClassification"
         ),
         "regression": HeadSpec(key="score", build=score_head, pooling="last", hf_class="LlamaForSequenceClassification"),
+        # dropout then Linear(C, num_labels) with bias on every token, as transformers' LlamaForTokenClassification
+        "token-classification": HeadSpec(
+            key="score", build=linear_head, pooling="tokens", hf_class="LlamaForTokenClassification", dropout=True
+        ),
     },
     skip=(r"rotary_emb\.inv_freq$",),
     default_head="causal-lm",

@@ -206,6 +206,24 @@ def test_llama_sequence_classification_parity(tmp_path):
     _compare(hf, ours, *_batch(right_only=True))
 
 
+@pytest.mark.parametrize("family", ["gpt2", "gpt_neo", "llama"])
+def test_decoder_token_classification_parity(tmp_path, family):
+    if family == "gpt2":
+        hf = transformers.GPT2ForTokenClassification(transformers.GPT2Config(**_gpt2_config().to_dict(), num_labels=5))
+    elif family == "gpt_neo":
+        hf = transformers.GPTNeoForTokenClassification(transformers.GPTNeoConfig(
+            vocab_size=VOCAB, hidden_size=32, num_layers=2, num_heads=4, max_position_embeddings=64,
+            attention_types=[[["global", "local"], 1]], window_size=4, num_labels=5))
+    else:
+        hf = transformers.LlamaForTokenClassification(transformers.LlamaConfig(**LLAMA, num_labels=5))
+    head = hf.classifier if family != "llama" else hf.score
+    with torch.no_grad():
+        head.bias.normal_(0, 1.0)
+    ours = load_pretrained(_save(hf, tmp_path), head="token-classification")
+    assert ours.fresh_keys == [] and ours.head.bias is not None
+    _compare(hf, ours, *_batch())
+
+
 def test_decoder_lm_checkpoint_gets_fresh_score_head(tmp_path):
     hf = transformers.LlamaForCausalLM(transformers.LlamaConfig(**LLAMA))
     ours = load_pretrained(_save(hf, tmp_path), head="classification", num_labels=5)
