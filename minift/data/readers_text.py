@@ -27,15 +27,30 @@ ACL_LABELS = ["Background", "Uses", "CompareOrContrast", "Motivation", "Extends"
 FPB_LABELS = ["negative", "neutral", "positive"]
 
 _AG_BACKSLASHES = re.compile(r"\\+")
-_AG_NUMERIC_ENTITY = re.compile(r"#(\d{2,4});")  # "&#36;" with its "&" lost in the original: " #36;10" -> " $10"
+# The original lost the "&" of its HTML entities (or turned it into a space): "isn #39;t", " quot;Hi",
+# "#36;10"; others survived whole ("&lt;b&gt;").
+_AG_ENTITY = re.compile(r"[& ]?(#\d{2,5}|quot|amp|lt|gt|nbsp|apos);")
+_AG_TAGS = re.compile(r"</?(?:b|i|p|br)\s*/?>", re.IGNORECASE)
 _SPACES = re.compile(r"\s+")
 
 
+def _entity(match: re.Match) -> str:
+    name = match.group(1)
+    if name.startswith("#"):
+        code = int(name[1:])
+        if 128 <= code < 160:  # Windows-1252 punctuation written as numeric entities (#151; is an em dash)
+            return bytes([code]).decode("cp1252", errors="replace")
+        return chr(code) if code < 0x110000 else match.group(0)
+    return html.unescape(f"&{name};")
+
+
 def clean_agnews(text: str) -> str:
-    """AG News text: ``\\`` is the original's newline escape (runs of them become one space), ``#36;``
-    is a numeric HTML entity that lost its ``&``; whitespace is collapsed."""
+    """AG News text: ``\\`` is the original's newline escape (runs of them become one space); HTML entities,
+    whole or without their ``&`` (``#36;`` -> ``$``, `` quot;`` -> ``"``), are decoded and ``<b>``/``<p>``/``<br>``
+    tags dropped; whitespace is collapsed."""
     text = _AG_BACKSLASHES.sub(" ", text)
-    text = _AG_NUMERIC_ENTITY.sub(lambda m: chr(int(m.group(1))), text)
+    text = _AG_ENTITY.sub(_entity, text)
+    text = _AG_TAGS.sub(" ", text)
     return _SPACES.sub(" ", text).strip()
 
 

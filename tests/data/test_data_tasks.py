@@ -42,6 +42,11 @@ def test_agnews_text_is_title_plus_description_with_escapes_resolved(shared_data
     assert text.startswith("The Race is On: Second Private Team Sets Launch Date")
     assert "second team" in text and "$10 million" in text
     assert clean_agnews('a\\\\b  #36;5') == "a b $5"
+    assert clean_agnews("he isn #39;t, In  quot;x quot; &lt;b&gt;y&lt;/b&gt; #151; A&amp;B") == \
+        'he isn\'t, In "x" y — A&B'
+    texts = [ex.text for split in task.splits.values() for ex in split]
+    for remnant in ("#39;", "quot;", "&lt;", "&amp;", "<b>", "\\"):
+        assert not any(remnant in text for text in texts), remnant
 
 
 @pytest.mark.parametrize("name,sizes", [("restaurant", {"train": 3452, "dev": 150, "test": 1120}),
