@@ -5,7 +5,7 @@ Every name, its aliases, its data folder and how its splits are built:
 ===========================  =====================  ==============================================================
 task (aliases)               folder                 splits
 ===========================  =====================  ==============================================================
-agnews (agnews_sup)          agnews/                test.csv split 9:1 with seed 42: 6,840 train / 760 test
+agnews (agnews_sup, ag_news) agnews/                test.csv split 9:1 with seed 42: 6,840 train / 760 test
 agnews_fs                    agnews/                16 train examples per class (64) drawn with seed 42; full test
 restaurant (restaurant_sup)  restaurant/            3,452 / 150 / 1,120; input = (aspect term, sentence)
 restaurant_fs                restaurant/            16 per class (48) of train; full dev and test
@@ -18,7 +18,8 @@ cola                         cola/                  8,551 / 1,043 (GLUE dev: bot
 stsb                         stsb/                  5,749 / 1,500 / 1,379; regression (Pearson, Spearman)
 mrpc                         mrpc/                  3,668 / 408 / 1,725 (test = msr_paraphrase_test.txt)
 financial_phrasebank (fpb)   financial_phrasebank/  3,994 / 842, classification (encoders), no sentence in both
-financial_phrasebank_lm      financial_phrasebank/  the same splits as a causal-LM task (prompt -> label word)
+financial_phrasebank_lm      financial_phrasebank/  the same splits as a causal-LM task (prompt -> label word);
+(fpb_lm)                                            scored by generating (minift.data.lm_eval)
 bionlp2004 (jnlpba)          bionlp2004/            18,555 sentences from brat / 3,856 (Genia4EReval1.iob2); NER
 file:PATH                    (PATH itself)          a custom CSV/TSV/JSONL task, see ``minift.data.readers_file``
 ===========================  =====================  ==============================================================
