@@ -154,3 +154,33 @@ def test_ner_with_byte_level_bpe_matches_transformers_add_prefix_space(bpe_folde
     assert "token_type_ids" not in feature
     firsts = [i for i, w in enumerate(expected.word_ids()) if w is not None and w != expected.word_ids()[i - 1]]
     assert [feature["labels"][i] for i in firsts] == list(example.label)
+
+
+@pytest.mark.parametrize("name,split,max_length", [("restaurant", "test", 48), ("mrpc", "test", 40),
+                                                   ("bionlp2004", "test", 64)])
+def test_real_task_batches_match_transformers(minilm_dir, shared_data, name, split, max_length):
+    """300 real examples, truncated and padded, exactly as transformers' tokenizer gives them."""
+    from minift.data import load_task
+
+    transformers = pytest.importorskip("transformers")
+    reference = transformers.AutoTokenizer.from_pretrained(str(minilm_dir))
+    tokenizer = load_tokenizer(minilm_dir)
+    task = load_task(name, shared_data)
+    examples = list(task.splits[split][:300])
+    batch = collate(encode(task, examples, tokenizer, max_length), special_ids(tokenizer).pad)
+    if task.kind == "token-classification":
+        expected = reference([list(e.words) for e in examples], is_split_into_words=True, truncation=True,
+                             max_length=max_length, padding=True, return_tensors="pt")
+        labels = torch.full_like(expected["input_ids"], IGNORE_INDEX)
+        for row, example in enumerate(examples):
+            previous = None
+            for column, word in enumerate(expected.word_ids(row)):
+                if word is not None and word != previous:
+                    labels[row, column] = example.label[word]
+                previous = word
+        torch.testing.assert_close(batch["labels"], labels)
+    else:
+        expected = reference([e.text for e in examples], [e.text_pair for e in examples], truncation=True,
+                             max_length=max_length, padding=True, return_tensors="pt")
+    for key in ("input_ids", "attention_mask", "token_type_ids"):
+        torch.testing.assert_close(batch[key], expected[key])
