@@ -186,3 +186,21 @@ def test_missing_file_names_file_place_and_source(tmp_path):
 def test_unknown_task_lists_the_known_ones():
     with pytest.raises(DataError, match="unknown task 'nope'.*agnews"):
         load_task("nope")
+
+
+def test_task_validates_its_fields():
+    from minift.data import Task
+
+    with pytest.raises(ValueError, match="kind 'ner'"):
+        Task(name="t", kind="ner", splits={}, label_names=[], metric_names=["f1"], main_metric="f1")
+    with pytest.raises(ValueError, match="main metric 'f1' not in"):
+        Task(name="t", kind="classification", splits={}, label_names=["a"], metric_names=["accuracy"],
+             main_metric="f1")
+    with pytest.raises(ValueError, match="needs a prompt"):
+        Task(name="t", kind="causal-lm", splits={}, label_names=["a"], metric_names=["accuracy"],
+             main_metric="accuracy")
+    regression = Task(name="t", kind="regression", splits={"train": []}, label_names=[], metric_names=["pearson"],
+                      main_metric="pearson")
+    assert regression.num_labels == 1
+    with pytest.raises(ValueError, match="regression task"):
+        regression.label_counts("train")
