@@ -133,7 +133,9 @@ class LoRALinear(nn.Linear):
         if self.merged:
             return y
         h = F.linear(self.lora_dropout(x), self.lora_A)  # (..., r)
-        return y + F.linear(h, self.lora_B) * self.scaling  # (..., C_out)
+        # one fused y + scaling * h B^T: no separate (..., C_out) scale and add
+        out = torch.addmm(y.reshape(-1, self.out_features), h.reshape(-1, self.r), self.lora_B.t(), alpha=self.scaling)
+        return out.view(y.shape)  # (..., C_out)
 
     def delta_weight(self) -> torch.Tensor:
         """The update ``(alpha / r) * B @ A``, (C_out, C_in), computed in fp32 (cast by the caller)."""
