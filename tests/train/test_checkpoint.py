@@ -1,0 +1,102 @@
+"""Checkpoint files: pickle-free (safetensors + JSON only), exact round trips, atomic replacement."""
+import json
+import random
+
+import numpy as np
+import pytest
+import torch
+from trainkit import collate, random_batch, tiny_bert
+
+from minift.train.checkpoint import (
+    CheckpointLoadError,
+    atomic_write_json,
+    capture_rng,
+    find_checkpoint,
+    flatten_optimizer,
+    load_checkpoint,
+    restore_rng,
+    save_checkpoint,
+    unflatten_optimizer,
+)
+from minift.train.optim import build_optimizer, build_scheduler
+
+
+def trained(tmp_path, steps=3):
+    model = tiny_bert(tmp_path).train()
+    optimizer = build_optimizer(model, 1e-3, 0.01)
+    scheduler = build_scheduler(optimizer, "cosine", 0.2, 10)
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    batch = collate(random_batch(8, [5, 9], "classification"))
+    for _ in range(steps):
+        loss = torch.nn.functional.cross_entropy(model(input_ids=batch["input_ids"]), batch["labels"])
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        scheduler.step()
+    return model, optimizer, scheduler, scaler
+
+
+def test_optimizer_state_round_trips_exactly(tmp_path):
+    _, optimizer, _, _ = trained(tmp_path)
+    tensors, info = flatten_optimizer(optimizer)
+    json.dumps(info)  # everything that is not a tensor is plain JSON
+    restored = unflatten_optimizer(tensors, json.loads(json.dumps(info)))
+    original = optimizer.state_dict()
+    assert restored["param_groups"] == original["param_groups"]
+    for index, entries in original["state"].items():
+        for key, value in entries.items():
+            assert torch.equal(restored["state"][index][key], value)
+
+
+def test_rng_states_round_trip():
+    tensors, info = capture_rng()
+    expected = (torch.rand(3), np.random.rand(3), random.random())
+    torch.manual_seed(99), np.random.seed(99), random.seed(99)
+    restore_rng(tensors, json.loads(json.dumps(info)))
+    again = (torch.rand(3), np.random.rand(3), random.random())
+    assert torch.equal(expected[0], again[0]) and np.array_equal(expected[1], again[1]) and expected[2] == again[2]
+
+
+def test_checkpoint_is_pickle_free_and_restores_everything(tmp_path):
+    model, optimizer, scheduler, scaler = trained(tmp_path)
+    folder = save_checkpoint(tmp_path / "ck", model, optimizer, scheduler, scaler, {"step": 3, "epoch": 0})
+    assert sorted(p.suffix for p in folder.iterdir()) == [".json", ".json", ".safetensors", ".safetensors",
+                                                           ".safetensors"]
+    fresh, fresh_opt, fresh_sched, fresh_scaler = trained(tmp_path / "other", steps=1)
+    loop = load_checkpoint(tmp_path / "ck", fresh, fresh_opt, fresh_sched, fresh_scaler)
+    assert loop == {"step": 3, "epoch": 0}
+    for (name, a), b in zip(model.state_dict().items(), fresh.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert fresh_sched.state_dict() == scheduler.state_dict()
+    assert fresh_scaler.state_dict() == scaler.state_dict()
+    assert fresh_opt.param_groups[0]["lr"] == optimizer.param_groups[0]["lr"]
+
+
+def test_new_checkpoint_replaces_the_old_one_and_latest_points_to_it(tmp_path):
+    model, optimizer, scheduler, scaler = trained(tmp_path)
+    save_checkpoint(tmp_path / "checkpoints", model, optimizer, scheduler, scaler, {"step": 3})
+    save_checkpoint(tmp_path / "checkpoints", model, optimizer, scheduler, scaler, {"step": 5})
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["latest.json", "step-5"]
+    assert find_checkpoint(tmp_path / "checkpoints").name == "step-5"
+    assert find_checkpoint(tmp_path).name == "step-5"  # the run folder works too
+
+
+def test_atomic_write_leaves_no_partial_file(tmp_path):
+    target = tmp_path / "state.json"
+    atomic_write_json(target, {"a": 1})
+    with pytest.raises(TypeError):
+        atomic_write_json(target, {"a": object()})  # fails while serialising: the old file must survive
+    assert json.loads(target.read_text()) == {"a": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["state.json"]
+
+
+def test_resume_errors_are_clear(tmp_path):
+    with pytest.raises(CheckpointLoadError, match="no checkpoint found"):
+        find_checkpoint(tmp_path)
+    model, optimizer, scheduler, scaler = trained(tmp_path)
+    save_checkpoint(tmp_path / "ck", model, optimizer, scheduler, scaler, {"step": 3})
+    for p in model.bert.parameters():
+        p.requires_grad_(False)  # a different method: the trainable set no longer matches
+    with pytest.raises(CheckpointLoadError, match="same model, method"):
+        load_checkpoint(tmp_path / "ck", model, optimizer, scheduler, scaler)
