@@ -50,7 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lora-targets", help="comma-separated module names (default: the family's, e.g. q_proj,v_proj)")
     p.add_argument("--adapter-size", type=int, default=64)
     p.add_argument("--prompt-length", type=int, default=20)
-    p.add_argument("--precision", choices=PRECISIONS, default="fp32")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                   help="fp32; mixed-bf16/mixed-fp16 = fp32 weights + autocast (minift.train's bf16/fp16); "
+                        "bf16 = pure bf16 weights (minift.train's bf16-pure)")
+    p.add_argument("--grad-accumulation", type=int, default=1, help="micro-batches per optimizer step")
     p.add_argument("--optimizer", choices=OPTIMIZERS, default="adamw")
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--seq-len", type=int, default=512)
@@ -77,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
             config, description = shape_for_params(args.params)
         setup = Setup(batch_size=args.batch_size, seq_len=args.seq_len, precision=args.precision,
                       optimizer=args.optimizer, grad_checkpointing=args.grad_checkpointing, attention=args.attention,
-                      head=None if args.head == "none" else args.head, padded=args.padded)
+                      head=None if args.head == "none" else args.head, padded=args.padded,
+                      grad_accumulation=args.grad_accumulation)
         gpu = parse_gpu(args.gpu) if args.gpu else None
         targets = tuple(t.strip() for t in args.lora_targets.split(",") if t.strip()) if args.lora_targets else None
         names = args.method or [m for m in METHODS if not (m == "bitfit" and not _has_biases(config))]

@@ -59,9 +59,10 @@ class Setup:
     head: str | None = "auto"  # "auto": causal-lm for decoders, classification for encoders
     padded: bool = False  # batches carry an attention mask with padding (explicit masks instead of is_causal)
     device: str = "cuda"  # "cuda" or "cpu" (dropout masks and the CPU SDPA fallback differ)
+    grad_accumulation: int = 1  # micro-batches per optimizer step (from the 2nd on, gradients already exist)
 
     def __post_init__(self):
-        for name in ("batch_size", "seq_len"):
+        for name in ("batch_size", "seq_len", "grad_accumulation"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name.replace('_', '-')} must be a positive integer, got {value!r}")
@@ -170,13 +171,14 @@ def _layer_trainable(config: ModelConfig, method: Method) -> int:
 
 
 def _backward_working_set(config: ModelConfig, setup: Setup, T: int) -> int:
-    """Gradient buffers alive inside one block's backward: the MLP's (B, T, F) gradients (three for SwiGLU,
-    two for GELU), or the T×T score gradients of eager attention, plus two (B, T, C) residual gradients."""
-    B, C, F = setup.batch_size, config.hidden_size, config.intermediate_size
+    """Gradient buffers alive beyond the block's kept activations inside one block's backward: the MLP's
+    (B, T, F) gradients (three for SwiGLU, two for GELU; measured on CPU by ``timeline.py``), or the T×T
+    probability and score gradients of eager attention, whichever is larger."""
+    B, F = setup.batch_size, config.intermediate_size
     act = 2 if (setup.autocast or setup.precision == "bf16") else 4
     mlp = (3 if config.model_type == "llama" else 2) * B * T * F * act
-    attn = 2 * B * config.num_heads * T * T * act if setup.attention == "eager" else 4 * B * T * C * act
-    return max(mlp, attn) + 2 * B * T * C * 4
+    attn = 2 * B * config.num_heads * T * T * 4 if setup.attention == "eager" else 0
+    return max(mlp, attn)
 
 
 def estimate(config: ModelConfig, method: Method | None = None, setup: Setup | None = None) -> Estimate:
@@ -206,14 +208,16 @@ def estimate(config: ModelConfig, method: Method | None = None, setup: Setup | N
                             attention=setup.attention, grad_checkpointing=setup.grad_checkpointing)
     weights, grads = counts.total * item, counts.trainable * item
     states = _state_bytes(setup.optimizer, counts.trainable, item)
-    temps = {"adamw": 2 * _largest_trainable(config, method, head) * item, "adamw-foreach": grads}
+    largest = _largest_trainable(config, method, head) * item
+    # per-tensor AdamW: sqrt(v) and its quotient; SGD with weight decay: grad + wd·param (minift decays weights)
+    temps = {"adamw": 2 * largest, "adamw-foreach": grads, "sgd": largest, "sgd-momentum": largest}
     temp = temps.get(setup.optimizer, 0)
     copies = act.weight_copies
 
     B, V = setup.batch_size, config.vocab_size
     logits_live = loss_temp = grad_start = 0
+    out_item = 2 if (setup.autocast or item == 2) else 4
     if head == "causal-lm":
-        out_item = 2 if (setup.autocast or item == 2) else 4
         N = B * (T0 - 1)
         logits_live = B * T0 * V * out_item  # the loop holds the model output through backward
         loss_temp = (B * T0 * V * 4 if out_item != 4 else 0) + N * V * 4  # .float() copy, shifted flat copy
@@ -224,22 +228,42 @@ def estimate(config: ModelConfig, method: Method | None = None, setup: Setup | N
         head_grads = config.vocab_size * config.hidden_size * item  # tied lm_head: the embedding grad comes first
     elif method.head_trains(head):
         head_grads = sum(lin.numel for lin in head_linears(config, head) if not lin.name.startswith("pooler")) * item
-    phases = {
-        "forward+loss": persistent + copies + act.total + logits_live + loss_temp,
-        "backward start": persistent + copies + act.total + logits_live + grad_start + head_grads,
-    }
     layer_grad = _layer_trainable(config, method) * item
+    accumulated = 0
+    if setup.grad_accumulation > 1:  # a later micro-batch runs with every gradient allocated by the first
+        accumulated, head_grads, layer_grad = grads, 0, 0
+    C = config.hidden_size
+    act_item = 2 if (setup.autocast or item == 2) else 4
+    # Frozen MLP output projections keep no input, so the (B, T, F) activation output and two (B, T, C)
+    # buffers are alive but not saved while the last block runs its MLP.
+    forward_transient = 0 if method.name == "full" else (B * T * config.intermediate_size + 2 * B * T * C) * act_item
+    if method.name == "prompt":  # PromptModel holds the word embeddings and the prompted input through forward
+        forward_transient += (B * T0 * C + B * T * C) * item
+    if act.checkpointed:  # nothing inside a checkpointed block is kept: its MLP intermediates are transient
+        forward_transient = max(forward_transient, (B * T * config.intermediate_size + 2 * B * T * C) * act_item)
+    head_backward = 0
+    if head == "causal-lm":  # lm_head backward: (B, T, V) fp32 logits gradient (+ its cast), weight and input grads
+        N = B * (T0 - 1)
+        head_backward = (act.total - N * V * 4 + logits_live + B * T0 * V * (4 + (out_item if out_item != 4 else 0))
+                         + head_grads + B * T * C * 4)
+        if method.name == "prompt":  # the virtual positions are cut off the logits: their gradient is re-padded
+            head_backward += B * T * V * out_item
+    base = persistent + accumulated + copies
+    phases = {
+        "forward+loss": base + act.total + max(logits_live + loss_temp, forward_transient),
+        "backward start": base + max(act.total + logits_live + grad_start, head_backward),
+    }
     work = _backward_working_set(config, setup, T)
     kept = [act.block_inputs // max(config.num_layers, 1)] * config.num_layers if act.checkpointed else act.per_layer
     below = act.embeddings + sum(kept)
     above_grads = head_grads
     worst = 0
-    for i in reversed(range(config.num_layers)):
-        live = below + (act.per_layer[i] if act.checkpointed else 0) + above_grads + layer_grad + work
+    for i in reversed(range(config.num_layers)):  # block i's backward: blocks ≤ i still kept, grads of > i exist
+        live = below + (act.per_layer[i] if act.checkpointed else 0) + above_grads + work
         worst = max(worst, live)
         below -= kept[i]
         above_grads += layer_grad
-    phases["backward (blocks)"] = persistent + copies + logits_live + worst
+    phases["backward (blocks)"] = base + logits_live + worst
     phases["optimizer step"] = weights + grads + states + temp
     return Estimate(method=method.label(), params=counts, weights=weights, gradients=grads,
                     optimizer_states=states, optimizer_temporaries=temp, activations=act,

@@ -184,23 +184,27 @@ def train_steps(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch:
     model.train()
     m = {"weights loaded": memory.now()} if memory else {}
     for _ in range(steps):
+        for _ in range(setup.grad_accumulation):  # the last micro-batch's phases are kept
+            if memory:
+                memory.reset()
+            with _phase("forward"), torch.autocast(device.type, dtype=amp_dtype, enabled=setup.autocast), \
+                    _sdpa(backend):
+                out = model(**inputs)
+            with _phase("forward"):
+                loss = loss_sum(kind, out, batch["labels"]) if kind else out.float().sum()
+            if memory:
+                m["after forward"], m["peak in forward"] = memory.now(), memory.peak()
+                memory.reset()
+            with _phase("backward"), _sdpa(backend):
+                scaler.scale(loss / setup.grad_accumulation).backward()
+            if memory:
+                m["peak in backward"] = memory.peak()
+            del out, loss
         if memory:
             memory.reset()
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=setup.autocast), _sdpa(backend):
-            out = model(**inputs)
-            loss = loss_sum(kind, out, batch["labels"]) if kind else out.float().sum()
-        if memory:
-            m["after forward"], m["peak in forward"] = memory.now(), memory.peak()
-            memory.reset()
-        with _sdpa(backend):
-            scaler.scale(loss).backward()
-        if memory:
-            m["peak in backward"] = memory.peak()
-        del out, loss
-        if memory:
-            memory.reset()
-        scaler.step(optimizer)
-        scaler.update()
+        with _phase("optimizer step"):
+            scaler.step(optimizer)
+            scaler.update()
         if memory:
             m["peak in optimizer step"] = memory.peak()
         optimizer.zero_grad(set_to_none=True)
@@ -222,6 +226,11 @@ def _warm_up(device: torch.device) -> None:
     torch.nn.functional.scaled_dot_product_attention(q, q, q, is_causal=True).sum().backward()
     del a, b, q
     torch.cuda.synchronize()
+
+
+def _phase(name: str):
+    """A profiler range named ``minift.memory:<name>`` (read by ``timeline.py``; free when not profiling)."""
+    return torch.profiler.record_function(f"minift.memory:{name}")
 
 
 class _sdpa:

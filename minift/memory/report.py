@@ -15,7 +15,8 @@ EXPLANATIONS = {
     "optimizer states": "AdamW: m and v per trainable parameter in the weight dtype (8 B/param in fp32); SGD: none, "
                         "with momentum one buffer; adamw-8bit: 1 B each + an fp32 scale per 256 (a what-if)",
     "optimizer temporaries": "alive only inside step(): foreach AdamW makes sqrt(v) for all tensors at once; the "
-                             "per-tensor loop two temporaries of the largest tensor; fused none",
+                             "per-tensor loop two temporaries of the largest tensor; fused none; SGD with weight "
+                             "decay one of the largest tensor",
     "activations": "tensors autograd keeps for backward, counted op by op (Korthikanti et al. 2022, "
                    "arXiv:2205.05198, adapted per family): fused SDPA keeps q, k, v, output and log-sum-exp, eager "
                    "keeps the T×T probabilities and dropout mask; frozen linears keep no input but norms, "

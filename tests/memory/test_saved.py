@@ -51,6 +51,7 @@ def test_per_layer_bytes_match_without_checkpointing(family):
         assert layer == pytest.approx(measured.layer(i), rel=0.05)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["full", "lora", "prompt"])
 @pytest.mark.parametrize("family", list(FAMILY_HEADS))
 def test_dropout_and_padding(family, method):
@@ -59,6 +60,7 @@ def test_dropout_and_padding(family, method):
     _compare(family, FAMILY_HEADS[family], method, checkpointing=True, padded=True, dropout=0.1)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("precision", ["bf16", "mixed"])
 @pytest.mark.parametrize("method", ["full", "lora"])
 @pytest.mark.parametrize("family", list(FAMILY_HEADS))
