@@ -130,6 +130,7 @@ def backward_window(model: nn.Module, collated: list, kind: str, precision: str,
     world = _world()
     # Targets in the whole window, over all processes: the denominator of the mean loss.
     count = torch.tensor([float(sum(target_count(kind, b["labels"]) for b, real in collated if real))])
+    # Counted from the host-side labels: no device sync on one process (under DDP one tiny all-reduce per step).
     count = _all_sum(count.to(_collective_device()) if world > 1 else count)
     denominator = max(count.item(), 1.0) / world  # DDP then averages the gradients over the processes
     total = torch.zeros((), device=device)
@@ -282,7 +283,5 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, scaler: t
                     state.stopped = "interrupted"
                 if state.stopped or epoch_ended:
                     break
-            else:  # an epoch with nothing left (resumed exactly at its end)
-                state.epoch, state.micro = state.epoch + 1, 0
     state.skipped_steps += int(skipped.item())
     return state

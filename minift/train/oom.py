@@ -21,6 +21,33 @@ def static_memory(model: nn.Module) -> dict:
     return {"weights": weights, "gradients": grads, "optimizer": states}
 
 
+PRECISION_TO_MEMORY = {"fp32": "fp32", "fp16": "mixed-fp16", "bf16": "mixed-bf16", "bf16-pure": "bf16"}
+
+
+def estimator_lines(model: nn.Module, config, device: torch.device) -> list:
+    """The full estimate of ``minift.memory`` (activations included) and the largest batch that fits, when the
+    estimator can describe this model; otherwise nothing (the basic arithmetic above still stands)."""
+    try:
+        from minift.memory.estimate import Setup, estimate, largest_batch
+        from minift.memory.params import Method
+
+        method = Method(name=config.method, lora_r=config.lora_r, adapter_size=config.adapter_size,
+                        adapter_placement=config.adapter_placement, prompt_length=config.prompt_length,
+                        lora_targets=tuple(config.lora_targets) if config.lora_targets else None)
+        setup = Setup(batch_size=config.batch_size, seq_len=config.max_length,
+                      precision=PRECISION_TO_MEMORY[config.precision], grad_checkpointing=config.gradient_checkpointing,
+                      head=model.head_kind, padded=True, device=device.type)
+        result = estimate(model.config, method, setup)
+        lines = [(f"  minift.memory estimate: peak {result.peak / GIB:.2f} GiB ({result.peak_phase}), activations "
+                 f"{result.activations.total / GIB:.2f} GiB at batch {config.batch_size} × {config.max_length} tokens")]
+        if device.type == "cuda":
+            biggest = largest_batch(model.config, method, setup, torch.cuda.get_device_properties(device).total_memory)
+            lines.append(f"  largest batch that fits this GPU: {biggest}")
+        return lines
+    except Exception:  # noqa: BLE001 - the estimate is a courtesy in an error message; never mask the OOM itself
+        return []
+
+
 def out_of_memory_message(model: nn.Module, config, device: torch.device) -> str:
     """A readable explanation of a CUDA OOM with the memory arithmetic and the options that reduce it."""
     parts = static_memory(model)
@@ -28,6 +55,7 @@ def out_of_memory_message(model: nn.Module, config, device: torch.device) -> str
              f"max length {config.max_length}, precision {config.precision}).")]
     lines.append("  estimate before activations: " + ", ".join(f"{k} {v / GIB:.2f} GiB" for k, v in parts.items())
                  + f" = {sum(parts.values()) / GIB:.2f} GiB; activations grow with batch × length")
+    lines += estimator_lines(model, config, device)
     if device.type == "cuda":
         total = torch.cuda.get_device_properties(device).total_memory
         lines.append(f"  device: {total / GIB:.1f} GiB, peak allocated {torch.cuda.max_memory_allocated(device) / GIB:.2f}"
