@@ -159,7 +159,11 @@ class PromptModel(nn.Module):
         if token_type_ids is not None:
             zeros = token_type_ids.new_zeros(B, n)
             extra["token_type_ids"] = torch.cat([token_type_ids[:, :k], zeros, token_type_ids[:, k:]], dim=1)
-        out = self.model(inputs_embeds=x, attention_mask=attention_mask, **extra)
+        try:
+            out = self.model(inputs_embeds=x, attention_mask=attention_mask, **extra)
+        except ValueError as err:  # e.g. too long for the position table: say that the prompt counts too
+            raise ValueError(f"{err} (the soft prompt adds {n} virtual tokens to the {x.shape[1] - n} input "
+                             f"tokens: truncate inputs to the model's limit minus {n})") from err
         if self.model.head_kind in PER_TOKEN_HEADS:
             out = torch.cat([out[:, :k], out[:, k + n:]], dim=1)  # (B, T, ...)
         return out

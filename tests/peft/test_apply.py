@@ -195,3 +195,9 @@ def test_load_trainable_into_a_merged_model(tmp_path):
     b = batch("bert")
     with torch.no_grad():
         torch.testing.assert_close(target(**b), trained(**b), rtol=0, atol=1e-5)
+
+
+def test_prompt_too_long_names_the_virtual_tokens(tmp_path):
+    model = apply(make_tiny(tmp_path, "gpt2", "classification").load(), "prompt", num_virtual_tokens=10)
+    with pytest.raises(ValueError, match="adds 10 virtual tokens to the 60 input tokens"):
+        model(input_ids=torch.randint(4, 100, (1, 60)))
