@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import inspect
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -238,6 +240,15 @@ def _parser_for(base, is_list: bool, optional: bool):
     return parse
 
 
+def _field_comments() -> dict:
+    """Each field's trailing comment in the class source: the one place a field is documented, reused as --help."""
+    try:
+        source = inspect.getsource(TrainConfig)
+    except (OSError, TypeError):  # no source shipped: help shows defaults only
+        return {}
+    return dict(re.findall(r"^    (\w+): [^#\n]*#\s*(.+)$", source, flags=re.MULTILINE))
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``python -m minift.train`` argument parser: ``--config`` plus one flag per TrainConfig field."""
     parser = argparse.ArgumentParser(
@@ -247,12 +258,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--config", help="a YAML file of config keys (default: configs/<task>.yaml if present)")
     hints = _field_types()
+    comments = _field_comments()
     defaults = TrainConfig()
     for f in dataclasses.fields(TrainConfig):
         base, optional, is_list = _unwrap(hints[f.name])
         flag = "--" + f.name.replace("_", "-")
         default = getattr(defaults, f.name)
-        help_text = f"(default: {default})" if f.name != "lr" else "(default: per method, " + str(DEFAULT_LR) + ")"
+        shown = f"per method, {DEFAULT_LR}" if f.name == "lr" else default
+        help_text = f"{comments.get(f.name, '')} (default: {shown})".replace("%", "%%")
         if f.name == "precision":
             parser.add_argument(flag, dest=f.name, default=argparse.SUPPRESS, choices=PRECISIONS, help=help_text)
         elif f.name == "method":

@@ -78,3 +78,25 @@ def plot_run(run: str | Path, missing_ok: bool = False) -> Path | None:
         if missing_ok:
             return None
         raise
+
+
+def main(argv: list | None = None) -> int:
+    """``python -m minift.train.plots RUN [RUN ...] --output curves.png [--labels a,b]``: overlay runs."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m minift.train.plots", description=main.__doc__)
+    parser.add_argument("runs", nargs="+", help="run folders written by python -m minift.train")
+    parser.add_argument("--output", required=True, help="the PNG to write")
+    parser.add_argument("--labels", help="comma-separated legend labels (default: folder names)")
+    args = parser.parse_args(argv)
+    try:
+        path = plot_runs(args.runs, args.output, args.labels.split(",") if args.labels else None)
+    except (PlotUnavailable, FileNotFoundError) as err:
+        print(f"error: {err}")
+        return 2
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -9,6 +9,7 @@ from trainkit import tiny_bert
 from minift.train.config import TrainConfig
 from minift.train.oom import out_of_memory_message, static_memory
 from minift.train.plots import PlotUnavailable, plot_run, plot_runs
+from minift.train.plots import main as plots_main
 
 
 def write_run(folder, offset):
@@ -26,6 +27,14 @@ def test_plots_are_png(tmp_path):
     both = plot_runs([tmp_path / "a", write_run(tmp_path / "b", 0.1)], tmp_path / "both.png")
     for path in (one, both):
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plot_command_overlays_runs(tmp_path):
+    pytest.importorskip("matplotlib")
+    runs = [str(write_run(tmp_path / "a", 0.0)), str(write_run(tmp_path / "b", 0.1))]
+    assert plots_main([*runs, "--output", str(tmp_path / "cmp.png"), "--labels", "lora,full"]) == 0
+    assert (tmp_path / "cmp.png").read_bytes()[:4] == b"\x89PNG"
+    assert plots_main([str(tmp_path / "none"), "--output", str(tmp_path / "x.png")]) == 2
 
 
 def test_missing_matplotlib_is_a_clear_message(tmp_path, monkeypatch):
