@@ -1,4 +1,4 @@
-"""Hand a minift LoRA to the Hugging Face world: peft's adapter format, or a merged transformers folder.
+"""Hand minift PEFT to the Hugging Face world: peft's adapter format, or a merged transformers folder.
 
 ``export_peft(model, folder)`` writes ``adapter_config.json`` + ``adapter_model.safetensors`` exactly as peft's
 ``PeftModel.save_pretrained`` does for a LoRA (peft 0.21 layout): keys
@@ -6,7 +6,8 @@
 ``base_model.model.<head key>.<param>`` (peft's ``modules_to_save`` with the adapter name stripped). Our module
 names are the HF keys, so the mapping is a prefix and a suffix. GPT-2: our ``c_attn`` is an ``nn.Linear`` but
 transformers' is a ``Conv1D``; peft's LoRA matrices have the same shapes for both, only ``fan_in_fan_out`` must be
-true so that peft merges the transposed way.
+true so that peft merges the transposed way. Decoder soft prompts are written as peft's ``PROMPT_TUNING``
+(``prompt_embeddings`` (n, C)); both prepend the prompt.
 
 ``save_merged(model, folder)`` merges the LoRA update into the base weights and writes an HF folder with
 ``minift.models.save_pretrained`` (no LoRA keys: the LoRA layers are swapped for plain ``nn.Linear`` while
@@ -36,60 +37,95 @@ PEFT_TASK_TYPES = {
 
 
 def export_peft(model: nn.Module, folder: str | Path, base_model_name_or_path: str | None = None) -> Path:
-    """Write a LoRA model as a peft adapter folder that ``PeftModel.from_pretrained`` loads onto the matching
-    ``transformers`` model.
+    """Write a LoRA (any family) or soft-prompt (decoders) model as a peft adapter folder that
+    ``PeftModel.from_pretrained`` loads onto the matching ``transformers`` model.
 
     Args:
-        model: a model returned by ``apply(model, "lora", ...)`` (merged or not: the LoRA matrices are exported).
+        model: a model returned by ``apply(model, "lora", ...)`` (merged or not: the LoRA matrices are exported)
+            or by ``apply(decoder, "prompt", ...)``.
         folder: output folder (created if needed).
         base_model_name_or_path: recorded in ``adapter_config.json`` (peft uses it only for convenience loading).
 
     The head (classification, regression, token classification) is always exported as a peft
     ``modules_to_save`` entry, trained or not, because the base checkpoint usually lacks it.
+    Encoder soft prompts are refused: minift inserts them after [CLS], peft prepends them, so peft would not
+    reproduce the model.
     """
     spec = find_peft_spec(model)
-    if spec is None or spec.method != "lora":
-        method = spec.method if spec else "none"
-        raise ValueError(f"export_peft writes LoRA adapters; this model's PEFT method is {method!r}. Use "
-                         "save_trainable for minift's own format")
+    method = spec.method if spec else "none"
+    if method not in ("lora", "prompt"):
+        raise ValueError(f"export_peft writes LoRA adapters and decoder soft prompts; this model's PEFT method "
+                         f"is {method!r}. Use save_trainable for minift's own format")
+    tensors, config = _lora_export(model, spec.options) if method == "lora" else _prompt_export(model)
+    config = {"base_model_name_or_path": base_model_name_or_path, "task_type": PEFT_TASK_TYPES[model.head_kind],
+              "inference_mode": True, **config}
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
+    save_file(tensors, str(folder / "adapter_model.safetensors"), metadata={"format": "pt"})
+    (folder / "adapter_config.json").write_text(json.dumps(config, indent=2) + "\n")
+    return folder
+
+
+def _lora_export(model: nn.Module, options: dict) -> tuple[dict, dict]:
+    """peft LoRA tensors (``base_model.model.<key>.lora_A.weight``...) and config fields."""
     # A bare encoder matches transformers' BertModel / RobertaModel, whose keys have no family prefix
     # (as minift.models.save_pretrained writes it).
     strip = model.head_kind is None and not model.is_decoder
     prefix = model.family.prefix + "."
-    tensors = {}
+    tensors, targets = {}, []
     for name, module in model.named_modules():
         if isinstance(module, LoRALinear):
             key = name.removeprefix(prefix) if strip else name
+            targets.append(key)
             tensors[f"base_model.model.{key}.lora_A.weight"] = module.lora_A
             tensors[f"base_model.model.{key}.lora_B.weight"] = module.lora_B
     head_key, head = _head(model)
     if head is not None:
         for pname, p in head.named_parameters():
             tensors[f"base_model.model.{head_key}.{pname}"] = p
-    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
-    options = spec.options
     config = {
         "peft_type": "LORA",
-        "task_type": PEFT_TASK_TYPES[model.head_kind],
-        "base_model_name_or_path": base_model_name_or_path,
         "r": options["r"],
         "lora_alpha": options["alpha"],
         "lora_dropout": options["dropout"],
-        "target_modules": sorted({name.rpartition(".")[2] for name, m in model.named_modules()
-                                  if isinstance(m, LoRALinear)}),
+        # full module names: peft matches a list entry by equality or dotted suffix, so a short name such as
+        # "dense" could also catch a head module that minift left alone
+        "target_modules": targets,
         "modules_to_save": [head_key] if head is not None else None,
         "fan_in_fan_out": model.config.model_type == "gpt2",
         "bias": "none",
         "init_lora_weights": True,
         "use_rslora": False,
         "use_dora": False,
-        "inference_mode": True,
     }
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(folder / "adapter_model.safetensors"), metadata={"format": "pt"})
-    (folder / "adapter_config.json").write_text(json.dumps(config, indent=2) + "\n")
-    return folder
+    return tensors, config
+
+
+def _prompt_export(wrapper: nn.Module) -> tuple[dict, dict]:
+    """peft prompt-tuning tensors (``prompt_embeddings``; a head under ``base_model.<key>``) and config fields."""
+    model = wrapper.model
+    if not model.is_decoder:
+        raise ValueError("export_peft writes soft prompts of decoders only: for encoders minift inserts the prompt "
+                         "after [CLS] (so the [CLS]-pooled head reads [CLS]) while peft prepends it, so peft would "
+                         "not reproduce this model. Use save_trainable")
+    tensors = {"prompt_embeddings": wrapper.prompt.embedding}
+    head_key, head = _head(model)
+    if head is not None:
+        for pname, p in head.named_parameters():
+            tensors[f"base_model.{head_key}.{pname}"] = p  # peft's layout for prompt learning's modules_to_save
+    n, C = wrapper.prompt.embedding.shape
+    config = {
+        "peft_type": "PROMPT_TUNING",
+        "num_virtual_tokens": n,
+        "token_dim": C,
+        "num_transformer_submodules": 1,
+        "num_attention_heads": model.config.num_heads,
+        "num_layers": model.config.num_layers,
+        "prompt_tuning_init": "RANDOM",  # the saved embeddings replace the initialisation
+        "modules_to_save": [head_key] if head is not None else None,
+    }
+    return tensors, config
 
 
 def _head(model: nn.Module) -> tuple[str | None, nn.Module | None]:
