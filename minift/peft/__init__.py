@@ -7,6 +7,19 @@
 - ``apply.py``: ``apply(model, method, **options)``, ``trainable_summary``, ``merge`` / ``unmerge``.
 - ``io.py``: ``save_trainable`` / ``load_trainable`` (safetensors + JSON).
 - ``export.py``: ``export_peft`` (peft's adapter format) and ``save_merged`` (an HF folder).
+
+Example::
+
+    from minift.models import load_pretrained
+    from minift.peft import apply, export_peft, save_merged, save_trainable, trainable_summary
+
+    model = load_pretrained("path/to/minilm", head="classification", num_labels=2)
+    model = apply(model, "lora", r=8, alpha=16, targets=["query", "value"])  # the head trains too
+    print(trainable_summary(model))  # trainable params: ... || all params: ... || trainable%: ...
+    ...  # train the parameters with requires_grad
+    save_trainable(model, "run/peft")  # LoRA matrices + head, reloaded by load_trainable(fresh_model, "run/peft")
+    export_peft(model, "run/hf-peft")  # PeftModel.from_pretrained(transformers_model, "run/hf-peft")
+    save_merged(model, "run/merged")  # AutoModelForSequenceClassification.from_pretrained("run/merged")
 """
 from minift.peft.adapter import AdapterConfig, AdapterLinear, Bottleneck
 from minift.peft.apply import (

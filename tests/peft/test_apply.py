@@ -201,3 +201,26 @@ def test_prompt_too_long_names_the_virtual_tokens(tmp_path):
     model = apply(make_tiny(tmp_path, "gpt2", "classification").load(), "prompt", num_virtual_tokens=10)
     with pytest.raises(ValueError, match="adds 10 virtual tokens to the 60 input tokens"):
         model(input_ids=torch.randint(4, 100, (1, 60)))
+
+
+@pytest.mark.parametrize("method, opts", [("lora", {"r": 4, "dropout": 0.1}), ("adapter", {"size": 4}),
+                                          ("prompt", {"num_virtual_tokens": 3})])
+def test_gradient_checkpointing_gives_the_same_gradients(tmp_path, method, opts):
+    tiny = make_tiny(tmp_path, "gpt2", "classification")
+    b = batch("gpt2")
+    grads = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        model = apply(tiny.load(), method, **opts)
+        with torch.no_grad():
+            for p in model.parameters():
+                if p.requires_grad:
+                    p.normal_(0, 0.1)
+        model.gradient_checkpointing = checkpointing
+        model.train()
+        torch.manual_seed(1)
+        model(**b).square().sum().backward()
+        grads.append({n: p.grad for n, p in model.named_parameters() if p.requires_grad})
+    assert grads[0].keys() == grads[1].keys()
+    for n in grads[0]:
+        torch.testing.assert_close(grads[1][n], grads[0][n], rtol=1e-5, atol=1e-6)
