@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
+import os
 import statistics
 from pathlib import Path
 
@@ -52,8 +53,10 @@ def run_seeds(config: TrainConfig, progress=None, console=None) -> dict:
             from minift.train.progress import summary_table
 
             console.print(summary_table(summaries[-1]))
-    names = [k for k in summaries[0]["test"]]
+    names = list(summaries[0]["test"])
     markdown, table_csv = seed_table(summaries, names)
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun process 0 writes the tables
+        return {"summaries": summaries, "markdown": markdown, "csv": table_csv, "output_dir": str(out)}
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.md").write_text(f"{summaries[0]['task']} · {config.method} · seeds {config.seeds}\n\n{markdown}")
     (out / "results.csv").write_text(table_csv)
