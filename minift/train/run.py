@@ -75,7 +75,11 @@ def init_distributed(device: torch.device) -> tuple:
 
 
 def default_output_dir(config: TrainConfig) -> Path:
+    """``runs/<task>-<method>-<timestamp>``; under torchrun the launcher's run id instead of the timestamp, so
+    that every process names the same folder."""
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        stamp = os.environ.get("TORCHELASTIC_RUN_ID", stamp)
     return Path("runs") / f"{config.task.replace(':', '_').replace('/', '_')}-{config.method}-{stamp}"
 
 
