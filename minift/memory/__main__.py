@@ -6,6 +6,7 @@ Examples::
     python -m minift.memory --model llama-3.2-3b --precision mixed-bf16 --batch-size 4 --gpu 80GB
     python -m minift.memory --model path/to/hf_folder --method lora --lora-r 16 --json
     python -m minift.memory --model llama-3.2-1b --method lora --profile   # measure on a CUDA GPU
+    python -m minift.memory --model bert-base --seq-len 128 --device cpu --profile   # measure on the CPU
 """
 from __future__ import annotations
 
@@ -63,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
                    choices=["auto", "causal-lm", "classification", "regression", "token-classification", "none"],
                    help="task head (auto: causal-lm for decoders, classification for encoders)")
     p.add_argument("--padded", action="store_true", help="batches carry padding (explicit attention masks)")
+    p.add_argument("--device", choices=["cuda", "cpu"], default="cuda",
+                   help="whose rules to estimate with (and, with --profile, where to measure: cpu replays the "
+                        "CPU allocator's events)")
     p.add_argument("--gpu", help="GPU memory, e.g. 80GB: says what fits and the largest batch that fits")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--profile", action="store_true", help="also run real steps on the CUDA GPU and compare")
@@ -81,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         setup = Setup(batch_size=args.batch_size, seq_len=args.seq_len, precision=args.precision,
                       optimizer=args.optimizer, grad_checkpointing=args.grad_checkpointing, attention=args.attention,
                       head=None if args.head == "none" else args.head, padded=args.padded,
-                      grad_accumulation=args.grad_accumulation)
+                      grad_accumulation=args.grad_accumulation, device=args.device)
         gpu = parse_gpu(args.gpu) if args.gpu else None
         targets = tuple(t.strip() for t in args.lora_targets.split(",") if t.strip()) if args.lora_targets else None
         names = args.method or [m for m in METHODS if not (m == "bitfit" and not _has_biases(config))]
@@ -114,13 +118,18 @@ def _has_biases(config) -> bool:
 
 
 def _profile(console: Console, config, methods: list[Method], setup: Setup, steps: int) -> int:
-    from minift.memory.profile import PHASES, profile_training
+    from minift.memory.profile import profile_training
+    from minift.memory.timeline import profile_training_cpu
 
     try:
         for m in methods:
-            prof = profile_training(config, m, replace(setup), steps=steps)
-            console.print(f"\n[bold]{m.label()}[/bold]: measured vs estimated ({prof.seconds_per_step:.2f} s/step)")
-            for phase in PHASES:
+            if setup.device == "cpu":
+                prof = profile_training_cpu(config, m, replace(setup))
+            else:
+                prof = profile_training(config, m, replace(setup), steps=steps)
+            speed = f" ({prof.seconds_per_step:.2f} s/step)" if prof.seconds_per_step else ""
+            console.print(f"\n[bold]{m.label()}[/bold] on {setup.device}: measured vs estimated{speed}")
+            for phase in prof.measured:
                 console.print(f"  {phase:28s} measured {human(prof.measured[phase]):>11s}  "
                               f"estimated {human(prof.estimated[phase]):>11s}  error {prof.error(phase):+6.1f}%")
     except RuntimeError as e:

@@ -40,8 +40,11 @@ class Activations:
     logits: int  # fp32 log-softmax kept by cross-entropy over a vocabulary (causal LM), 0 otherwise
     block_inputs: int  # with gradient checkpointing: bytes of the tensors each block keeps for recompute
     checkpointed: bool
-    weight_copies: int  # autocast bf16 weight copies kept for backward
+    weight_copies: int  # autocast bf16 weight copies kept for backward (with checkpointing: outside the blocks)
     largest_layer: int = 0
+    layer_copies: int = 0  # with checkpointing: the copies one recomputed block makes again in backward
+    copies_per_layer: list[int] = field(default_factory=list)  # without checkpointing: copies each block keeps
+    cached_copies: int = 0  # with checkpointing: trainable weights' copies held by autocast's cache in forward
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -257,6 +260,7 @@ def trace_activations(config: ModelConfig, method: Method, batch: Batch, head: s
     per_layer, block_inputs, shared_kept, masks_kept = [], 0, set(), set()
     for i in range(config.num_layers):
         tape.group = f"layer {i}"
+        tape.layer_groups.append(tape.group)
         before = tape.total()
         if grad_checkpointing and x.key not in shared_kept:
             block_inputs += x.nbytes  # the checkpoint keeps the block's input (the previous block's output)
@@ -279,4 +283,23 @@ def trace_activations(config: ModelConfig, method: Method, batch: Batch, head: s
     head_bytes, logits = _head(ctx, x, padded)
     return Activations(embeddings=embeddings, per_layer=per_layer, head=head_bytes, logits=logits,
                        block_inputs=block_inputs, checkpointed=grad_checkpointing,
-                       weight_copies=sum(tape.weight_copies.values()), largest_layer=max(per_layer, default=0))
+                       largest_layer=max(per_layer, default=0), **_copies(tape, grad_checkpointing))
+
+
+def _copies(tape: Tape, checkpointed: bool) -> dict[str, int]:
+    """Autocast weight copies: all are kept for backward, except inside checkpointed blocks, whose copies are
+    dropped with the rest of the block and made again when the block is recomputed (one block at a time)."""
+    per_layer: dict[str, int] = {}
+    outside = cached = 0
+    for name, (nbytes, trains) in tape.weight_copies.items():
+        if name.startswith("layer "):
+            layer = name.split(".", 1)[0]
+            per_layer[layer] = per_layer.get(layer, 0) + nbytes
+            cached += nbytes if trains else 0
+        else:
+            outside += nbytes
+    layers = [per_layer.get(f"layer {i}", 0) for i in range(len(tape.layer_groups))]
+    if not checkpointed:
+        return {"weight_copies": outside + sum(layers), "copies_per_layer": layers}
+    return {"weight_copies": outside, "layer_copies": max(layers, default=0), "cached_copies": cached,
+            "copies_per_layer": [0] * len(layers)}

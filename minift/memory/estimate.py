@@ -201,6 +201,10 @@ def estimate(config: ModelConfig, method: Method | None = None, setup: Setup | N
     if config.model_type in ("bert", "roberta", "gpt2", "gpt_neo") and T > config.max_position_embeddings:
         raise ValueError(f"sequence of {T} tokens exceeds {config.model_type}'s {config.max_position_embeddings} "
                          "learned positions; lower --seq-len (or --prompt-length)")
+    if method.name == "lora" and not any(method.lora_on(config.model_type, lin.name) for lin in block_linears(config)):
+        names = sorted({lin.name.rpartition(".")[2] for lin in block_linears(config)})
+        raise ValueError(f"LoRA targets {list(method.targets(config.model_type))} match no linear of a "
+                         f"{config.model_type} block; its linears are {names}")
     item = setup.param_itemsize
     counts = count_params(config, head, method)
     act = trace_activations(config, method, Batch(setup.batch_size, T0, setup.padded), head,
@@ -250,20 +254,35 @@ def estimate(config: ModelConfig, method: Method | None = None, setup: Setup | N
             head_backward += B * T * V * out_item
     base = persistent + accumulated + copies
     phases = {
-        "forward+loss": base + act.total + max(logits_live + loss_temp, forward_transient),
+        # inside the model (autocast's cache alive) / computing the loss (outside autocast, as minift.train does)
+        "forward+loss": base + max(act.total - act.logits + act.cached_copies + max(logits_live, forward_transient),
+                                   act.total + logits_live + loss_temp),
         "backward start": base + max(act.total + logits_live + grad_start, head_backward),
     }
     work = _backward_working_set(config, setup, T)
-    kept = [act.block_inputs // max(config.num_layers, 1)] * config.num_layers if act.checkpointed else act.per_layer
+    # Blocks keep their activations and their autocast weight copies until backward passes through them.
+    if act.checkpointed:
+        kept = [act.block_inputs // max(config.num_layers, 1)] * config.num_layers
+    else:
+        kept = [a + c for a, c in zip(act.per_layer, act.copies_per_layer)]
     below = act.embeddings + sum(kept)
     above_grads = head_grads
     worst = 0
     for i in reversed(range(config.num_layers)):  # block i's backward: blocks ≤ i still kept, grads of > i exist
-        live = below + (act.per_layer[i] if act.checkpointed else 0) + above_grads + work
+        recomputed = act.per_layer[i] + act.layer_copies if act.checkpointed else 0
+        live = below + recomputed + above_grads + work
         worst = max(worst, live)
         below -= kept[i]
         above_grads += layer_grad
-    phases["backward (blocks)"] = base + logits_live + worst
+    blocks_base = persistent + accumulated + logits_live
+    # End of backward: every gradient exists; a tied embedding's two contributions (lm_head's and the lookup's)
+    # are summed in autograd's input buffer before they reach .grad — out of place when lm_head's gradient is a
+    # transposed matmul result (three V×C tensors at once), in place when autocast's cast made it contiguous.
+    vc = config.vocab_size * C * item if (method.name == "full" and head == "causal-lm"
+                                          and config.tie_word_embeddings) else 0
+    done = 0 if accumulated else grads - vc
+    end = blocks_base + act.embeddings + done + (2 if setup.autocast else 3) * vc
+    phases["backward (blocks)"] = max(blocks_base + worst, end)
     phases["optimizer step"] = weights + grads + states + temp
     return Estimate(method=method.label(), params=counts, weights=weights, gradients=grads,
                     optimizer_states=states, optimizer_temporaries=temp, activations=act,

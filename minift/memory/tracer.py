@@ -64,7 +64,9 @@ class Tape:
     param_itemsize: int = FP32  # element size of the weights (embedding outputs)
     group: str = "embeddings"
     saved: dict[int, tuple[int, str]] = field(default_factory=dict)  # storage key → (bytes, group)
-    weight_copies: dict[str, int] = field(default_factory=dict)  # autocast bf16 copies kept for backward
+    # autocast bf16 copies kept for backward: "group.weight" → (bytes, whether the weight trains)
+    weight_copies: dict[str, tuple[int, bool]] = field(default_factory=dict)
+    layer_groups: list[str] = field(default_factory=list)  # the "layer i" groups, in order
     _ids: itertools.count = field(default_factory=itertools.count, repr=False)
 
     # --- tensors ---------------------------------------------------------------------------------------------
@@ -93,7 +95,7 @@ class Tape:
         if self.autocast:
             x = self.cast(x, HALF)
             if x.rg and weight:  # the bf16 weight copy autograd keeps for grad-input
-                self.weight_copies.setdefault(f"{self.group}.{weight}", in_f * out_f * HALF)
+                self.weight_copies.setdefault(f"{self.group}.{weight}", (in_f * out_f * HALF, w_rg))
         if w_rg:
             self.save(x)
         return self.new(x.numel // in_f * out_f, x.itemsize, x.rg or w_rg or b_rg)

@@ -52,3 +52,15 @@ def test_the_optimizer_step_and_steady_state_are_exact():
     prof = _check("gpt2", "full", optimizer="adamw-foreach")
     for phase in ("peak in optimizer step", "steady state after step 2"):
         assert prof.estimated[phase] == pytest.approx(prof.measured[phase], rel=0.005)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("setup", [{"precision": "fp32"}, {"precision": "mixed-bf16", "grad_checkpointing": True}],
+                         ids=["fp32", "mixed-bf16-checkpointed"])
+def test_real_smollm2_shape(smollm2_gguf, setup):
+    """The real SmolLM2-135M shape (30 layers, 49k vocabulary, tied) with LoRA, random weights, on the CPU."""
+    from minift.memory.presets import resolve_model
+
+    config, _ = resolve_model(str(smollm2_gguf))
+    prof = profile_training_cpu(config, Method("lora"), Setup(batch_size=1, seq_len=64, device="cpu", **setup))
+    assert abs(prof.error("peak")) <= 5.0, (prof.measured, prof.estimated)
