@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
+from minift.models.generate import greedy_generate
 from minift.train.loop import MODEL_INPUTS, autocast
 
 IGNORE = -100
@@ -52,52 +53,24 @@ def predict(model: nn.Module, batches: Sequence[dict], kind: str, precision: str
 
 
 @torch.no_grad()
-def greedy_generate(model: nn.Module, batch: dict, max_new_tokens: int, eos_id: int | None, pad_id: int,
-                    precision: str, device: torch.device) -> list:
-    """Greedy continuation of right-padded prompts (no KV cache: the label words are a few tokens).
-
-    Each row's next token is written at its own end, so every sequence keeps positions 0..len-1 and padding
-    stays after the real tokens, where the causal mask hides it.
-
-    Returns:
-        A list (one per row) of the generated token ids, stopping at ``eos_id``.
-    """
-    ids = batch["input_ids"].to(device)  # (B, T)
-    mask = batch["attention_mask"].to(device)  # (B, T)
-    B = ids.shape[0]
-    lengths = mask.sum(-1)  # (B,)
-    rows = torch.arange(B, device=device)
-    generated = [[] for _ in range(B)]
-    done = torch.zeros(B, dtype=torch.bool, device=device)
-    for _ in range(max_new_tokens):
-        pad_col = torch.full((B, 1), pad_id, dtype=ids.dtype, device=device)
-        ids, mask = torch.cat([ids, pad_col], 1), torch.cat([mask, torch.zeros_like(pad_col)], 1)
-        with autocast(precision, device):
-            logits = model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1])  # (B, T, V)
-        next_ids = logits[rows, lengths - 1].float().argmax(-1)  # (B,)
-        ids[rows, lengths] = next_ids
-        mask[rows, lengths] = 1
-        lengths = lengths + 1
-        for i, token in enumerate(next_ids.tolist()):
-            if not done[i]:
-                if eos_id is not None and token == eos_id:
-                    done[i] = True
-                else:
-                    generated[i].append(token)
-        if bool(done.all()):
-            break
-    return generated
-
-
 def generate_labels(model: nn.Module, batches: Sequence[dict], decode: Callable[[list], str],
-                    parse: Callable[[str], int], max_new_tokens: int, eos_id: int | None, pad_id: int,
+                    parse: Callable[[str], int], max_new_tokens: int, eos_id: int | None,
                     precision: str, device: torch.device) -> tuple:
-    """(predicted class ids, gold class ids) for a causal-LM classification task by generating the label."""
+    """(predicted class ids, gold class ids) for a causal-LM classification task by generating the label.
+
+    Greedy decoding is ``minift.models.generate.greedy_generate`` (under the run's autocast); each row's new
+    tokens up to its EOS are decoded and parsed back to a class id (-1: no label word).
+    """
     was_training = model.training
     model.eval()
     predictions, labels = [], []
     for batch in batches:
-        for tokens in greedy_generate(model, batch, max_new_tokens, eos_id, pad_id, precision, device):
+        ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)  # (B, T)
+        with autocast(precision, device):
+            new = greedy_generate(model, ids, max_new_tokens, eos_token_id=eos_id, attention_mask=mask)
+        for tokens in new[:, ids.shape[1]:].tolist():  # (B, n) new tokens per row
+            if eos_id is not None and eos_id in tokens:
+                tokens = tokens[:tokens.index(eos_id)]
             predictions.append(parse(decode(tokens)))
         labels += batch["labels"].tolist()
     model.train(was_training)

@@ -152,7 +152,7 @@ def train_one(config: TrainConfig, progress=None) -> dict:
             longest = max(len(tokenizer.encode(" " + w, add_special_tokens=False).ids) for w in task.label_words)
             predictions, labels = generate_labels(
                 model, batches, tokenizer.decode, lambda text: parse_label(text, task.label_words), longest + 1,
-                data.special.eos, data.special.pad, config.precision, device)
+                data.special.eos, config.precision, device)
         else:
             predictions, labels = predict(model, batches, task.kind, config.precision, device)
         return compute_metrics(task, predictions, labels)

@@ -4,7 +4,7 @@ import torch
 from trainkit import collate, tiny_bert, tiny_llama
 from transformers import LlamaForCausalLM
 
-from minift.train.evaluate import greedy_generate, predict
+from minift.train.evaluate import generate_labels, predict
 
 
 def test_batched_greedy_generation_matches_transformers(tmp_path):
@@ -14,8 +14,8 @@ def test_batched_greedy_generation_matches_transformers(tmp_path):
     prompts = [torch.randint(1, 100, (t,), generator=g) for t in (3, 8, 5)]
     batch = collate([{"input_ids": p, "labels": torch.tensor(0)} for p in prompts])  # right-padded
     eos = 7
-    ours = greedy_generate(model, batch, max_new_tokens=6, eos_id=eos, pad_id=0, precision="fp32",
-                           device=torch.device("cpu"))
+    ours, _ = generate_labels(model, [batch], decode=list, parse=lambda tokens: tokens, max_new_tokens=6,
+                              eos_id=eos, precision="fp32", device=torch.device("cpu"))
     for prompt, generated in zip(prompts, ours):
         out = reference.generate(prompt[None], max_new_tokens=6, do_sample=False, eos_token_id=eos, pad_token_id=0)
         expected = out[0, len(prompt):].tolist()
