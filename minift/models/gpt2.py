@@ -127,18 +127,34 @@ class GPT2Model(nn.Module):
         Returns:
             (B, T, C).
         """
-        x = self.wte(input_ids) if inputs_embeds is None else inputs_embeds  # (B, T, C)
+        x = embed_with_positions(self, input_ids, inputs_embeds, position_ids)  # (B, T, C)
         T = x.shape[1]
-        if T > self.wpe.num_embeddings:
-            raise ValueError(f"sequence of {T} tokens is longer than this model's {self.wpe.num_embeddings} "
-                             "positions; truncate the input")
-        if position_ids is None:
-            position_ids = torch.arange(T, device=x.device)  # (T,)
-        x = self.drop(x + self.wpe(position_ids))  # (B, T, C)
         mask = build_mask(attention_mask, T, causal=True, device=x.device)  # (B, 1, T, T) or None
         for block in self.h:
             x = run_block(block, self.gradient_checkpointing, x, mask)
         return self.ln_f(x)
+
+
+def embed_with_positions(backbone: nn.Module, input_ids: torch.Tensor | None, inputs_embeds: torch.Tensor | None,
+                         position_ids: torch.Tensor | None) -> torch.Tensor:
+    """Token + learned absolute position embeddings, then dropout (GPT-2 and GPT-Neo share this).
+
+    Args:
+        backbone: a module with ``wte``, ``wpe`` and ``drop``.
+        input_ids: (B, T), or None when ``inputs_embeds`` (B, T, C) is given.
+        position_ids: (B, T) or (T,); default 0..T-1.
+
+    Returns:
+        (B, T, C).
+    """
+    x = backbone.wte(input_ids) if inputs_embeds is None else inputs_embeds  # (B, T, C)
+    T = x.shape[1]
+    if T > backbone.wpe.num_embeddings:
+        raise ValueError(f"sequence of {T} tokens is longer than this model's {backbone.wpe.num_embeddings} "
+                         "positions; truncate the input")
+    if position_ids is None:
+        position_ids = torch.arange(T, device=x.device)  # (T,)
+    return backbone.drop(x + backbone.wpe(position_ids))  # (B, T, C)
 
 
 def build_backbone(config: ModelConfig, head_kind: str | None = None) -> GPT2Model:

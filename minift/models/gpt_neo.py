@@ -16,7 +16,7 @@ from torch import nn
 
 from minift.models.attention import attention, build_mask
 from minift.models.config import ModelConfig
-from minift.models.gpt2 import GPT2MLP
+from minift.models.gpt2 import GPT2MLP, embed_with_positions
 from minift.models.heads import linear_head, lm_head, score_head
 from minift.models.registry import Family, HeadSpec
 from minift.models.task_model import run_block
@@ -123,14 +123,8 @@ class GPTNeoModel(nn.Module):
         Returns:
             (B, T, C).
         """
-        x = self.wte(input_ids) if inputs_embeds is None else inputs_embeds  # (B, T, C)
+        x = embed_with_positions(self, input_ids, inputs_embeds, position_ids)  # (B, T, C)
         T = x.shape[1]
-        if T > self.wpe.num_embeddings:
-            raise ValueError(f"sequence of {T} tokens is longer than this model's {self.wpe.num_embeddings} "
-                             "positions; truncate the input")
-        if position_ids is None:
-            position_ids = torch.arange(T, device=x.device)  # (T,)
-        x = self.drop(x + self.wpe(position_ids))  # (B, T, C)
         masks = {
             "global": build_mask(attention_mask, T, causal=True, device=x.device),  # (B, 1, T, T) or None
             "local": build_mask(attention_mask, T, causal=True, window=self.window_size, device=x.device),
