@@ -220,7 +220,7 @@ def estimate(config: ModelConfig, method: Method | None = None, setup: Setup | N
 
     B, V = setup.batch_size, config.vocab_size
     logits_live = loss_temp = grad_start = 0
-    out_item = 2 if (setup.autocast or item == 2) else 4
+    out_item = 2 if (setup.autocast or item == 2) else 4  # dtype of matmul outputs (the logits among them)
     if head == "causal-lm":
         N = B * (T0 - 1)
         logits_live = B * T0 * V * out_item  # the loop holds the model output through backward
@@ -236,8 +236,7 @@ def estimate(config: ModelConfig, method: Method | None = None, setup: Setup | N
     accumulated = 0
     if setup.grad_accumulation > 1:  # a later micro-batch runs with every gradient allocated by the first
         accumulated, head_grads, layer_grad = grads, 0, 0
-    C = config.hidden_size
-    act_item = 2 if (setup.autocast or item == 2) else 4
+    C, act_item = config.hidden_size, out_item  # bf16 under autocast or with bf16 weights, else fp32
     # Frozen MLP output projections keep no input, so the (B, T, F) activation output and two (B, T, C)
     # buffers are alive but not saved while the last block runs its MLP.
     forward_transient = 0 if method.name == "full" else (B * T * config.intermediate_size + 2 * B * T * C) * act_item
