@@ -58,7 +58,10 @@ def build_mask(attention_mask: torch.Tensor | None, T: int, causal: bool = False
         if attention_mask.shape[-1] != T:
             raise ValueError(f"attention_mask has {attention_mask.shape[-1]} positions but the input has {T}")
         device = attention_mask.device
-        if bool(attention_mask.all()):  # no padding: let SDPA take its fused (causal) path
+        # No padding: let SDPA take its fused (causal) path. Only checked for CPU masks: on an accelerator the
+        # check would synchronise host and device on every forward, so there the caller drops an all-ones mask
+        # it already knows about on the host (minift.train does, from the CPU batch).
+        if attention_mask.device.type == "cpu" and bool(attention_mask.all()):
             attention_mask = None
     if window is not None:
         mask = local_causal_mask(T, window, device)  # (T, T)

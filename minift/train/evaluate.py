@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from minift.models.generate import greedy_generate
-from minift.train.loop import MODEL_INPUTS, autocast
+from minift.train.loop import autocast, model_inputs
 
 IGNORE = -100
 
@@ -30,7 +30,7 @@ def predict(model: nn.Module, batches: Sequence[dict], kind: str, precision: str
     model.eval()
     predictions, labels = [], []
     for batch in batches:
-        inputs = {k: batch[k].to(device) for k in MODEL_INPUTS if k in batch}
+        inputs = model_inputs(batch, device)
         with autocast(precision, device):
             output = model(**inputs).float()  # (B, num_labels) | (B, 1) | (B, T, num_labels)
         gold = batch["labels"]

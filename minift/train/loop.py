@@ -28,6 +28,18 @@ from minift.train.losses import loss_sum, target_count
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
+def model_inputs(batch: dict, device: torch.device) -> dict:
+    """The model's inputs from a host-side batch, moved to ``device``.
+
+    An attention mask without padding is dropped here, where the batch is still on the CPU: the model then takes
+    SDPA's fused path without checking the mask on the device (a host-device sync on every forward).
+    """
+    inputs = {k: batch[k] for k in MODEL_INPUTS if k in batch}
+    if "attention_mask" in inputs and bool(inputs["attention_mask"].all()):
+        del inputs["attention_mask"]
+    return {k: v.to(device, non_blocking=True) for k, v in inputs.items()}
+
+
 @dataclass
 class LoopSettings:
     """What the loop needs from the run config (see ``TrainConfig`` for each field's meaning)."""
@@ -135,7 +147,7 @@ def backward_window(model: nn.Module, collated: list, kind: str, precision: str,
     denominator = max(count.item(), 1.0) / world  # DDP then averages the gradients over the processes
     total = torch.zeros((), device=device)
     for i, (batch, real) in enumerate(collated):
-        inputs = {k: batch[k].to(device, non_blocking=True) for k in MODEL_INPUTS if k in batch}
+        inputs = model_inputs(batch, device)
         labels = batch["labels"].to(device, non_blocking=True)
         last = i == len(collated) - 1
         sync = nullcontext() if last or world == 1 else model.no_sync()  # all-reduce once per window
