@@ -1,10 +1,19 @@
 """Save exactly the trainable tensors of a PEFT model, and load them onto a fresh base model.
 
-A folder holds ``peft_config.json`` (the method, its options, ``train_head``, the model type) and
-``peft_trainable.safetensors`` (every parameter with ``requires_grad``, under its name in the model: for LoRA
-``bert.encoder.layer.0.attention.self.query.lora_A``, for a soft prompt ``prompt.embedding``, the head's HF keys).
+A folder holds ``peft_config.json`` (the method, its options, ``train_head``, the model type, and under
+``"saved"`` the names of the tensors in the file) and ``peft_trainable.safetensors``, which holds, under their
+names in the model (for LoRA ``bert.encoder.layer.0.attention.self.query.lora_A``, for a soft prompt
+``prompt.embedding``, the head's HF keys):
+
+- ``"trainable"``: every parameter with ``requires_grad``;
+- ``"frozen"``: the frozen parameters that a fresh base model would not reproduce, so that reloading gives the
+  same model whatever the torch seed: every parameter of a task head (classification, regression, token
+  classification; a few kB, saved even when the checkpoint has a head) and every parameter the loader initialised
+  because the base checkpoint lacks it (``model.fresh_keys`` from ``load_pretrained``, e.g. a pooler). Without
+  them a head frozen by ``train_head=False`` on a headless checkpoint would be drawn anew at every load.
+
 Nothing is pickled. Loading re-applies the method to the fresh base model and copies the tensors in, which
-reproduces the trained model's outputs exactly.
+reproduces the trained model's outputs exactly. Files of version 1 (trainable tensors only) still load.
 """
 from __future__ import annotations
 
@@ -16,12 +25,22 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from minift.peft.apply import METHODS, PeftSpec, apply, find_peft_spec, make_config, trainable_parameters
+from minift.peft.apply import (
+    METHODS,
+    TRAINABLE_HEADS,
+    PeftSpec,
+    apply,
+    find_peft_spec,
+    make_config,
+    trainable_parameters,
+)
 from minift.peft.lora import LoRALinear
+from minift.peft.prompt import PromptModel
 
 CONFIG_NAME = "peft_config.json"
 WEIGHTS_NAME = "peft_trainable.safetensors"
 FORMAT = "minift-peft"
+VERSION = 2  # 2: frozen head / fresh tensors saved too (version 1 saved the trainable tensors only)
 
 
 def save_trainable(model: nn.Module, folder: str | Path) -> Path:
@@ -36,10 +55,14 @@ def save_trainable(model: nn.Module, folder: str | Path) -> Path:
                          "save the whole model with minift.models.save_pretrained")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    trainable = trainable_parameters(model)
+    frozen = frozen_to_save(model, fresh_keys=getattr(model, "fresh_keys", ()))
     # clone: safetensors refuses tensors sharing storage, and the file must not alias live parameters.
-    tensors = {name: p.detach().to("cpu").contiguous().clone() for name, p in trainable_parameters(model).items()}
+    tensors = {name: p.detach().to("cpu").contiguous().clone() for name, p in trainable.items()}
+    tensors.update({name: _unmerged(model, name, p).to("cpu").contiguous().clone() for name, p in frozen.items()})
     save_file(tensors, str(folder / WEIGHTS_NAME), metadata={"format": FORMAT})
-    config = {"format": FORMAT, "version": 1, "model_type": model.config.model_type, **spec.to_dict()}
+    config = {"format": FORMAT, "version": VERSION, "model_type": model.config.model_type, **spec.to_dict(),
+              "saved": {"trainable": sorted(trainable), "frozen": sorted(frozen)}}
     (folder / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
     return folder
 
@@ -88,6 +111,13 @@ def load_trainable(model: nn.Module, folder: str | Path) -> nn.Module:
         raise FileNotFoundError(f"{path} not found next to {CONFIG_NAME}; the folder is incomplete, re-save it")
     saved = load_file(str(path))
     params = trainable_parameters(model)
+    if config.get("version", 1) >= 2:
+        # The head is always expected; the other frozen tensors are the fresh keys of the model that was saved
+        # (this base model may have them from its checkpoint): one the model lacks is reported as unexpected.
+        recorded = (config.get("saved") or {}).get("frozen") or []
+        params.update(frozen_to_save(model))
+        everything = dict(model.named_parameters())
+        params.update({name: everything[name] for name in recorded if name in everything})
     missing = sorted(set(params) - set(saved))
     unexpected = sorted(set(saved) - set(params))
     wrong = sorted(k for k in set(params) & set(saved) if tuple(params[k].shape) != tuple(saved[k].shape))
@@ -105,6 +135,30 @@ def load_trainable(model: nn.Module, folder: str | Path) -> nn.Module:
     for m in merged:
         m.merge()
     return model
+
+
+def frozen_to_save(model: nn.Module, fresh_keys=()) -> dict[str, nn.Parameter]:
+    """The frozen parameters ``save_trainable`` writes besides the trainable ones, by name in ``model``: every
+    parameter of a task head, and the parameters named in ``fresh_keys`` (keys of the ``TaskModel``, as
+    ``load_pretrained`` records them in ``model.fresh_keys``)."""
+    base = model.model if isinstance(model, PromptModel) else model
+    prefix = "model." if base is not model else ""
+    fresh = set(fresh_keys)
+    wanted = set()
+    if base.head is not None and base.head_kind in TRAINABLE_HEADS:
+        wanted |= {id(p) for p in base.head.parameters()}
+    named = {prefix + name: p for name, p in base.named_parameters()}
+    return {name: p for name, p in named.items()
+            if not p.requires_grad and (id(p) in wanted or name.removeprefix(prefix) in fresh)}
+
+
+def _unmerged(model: nn.Module, name: str, p: nn.Parameter) -> torch.Tensor:
+    """``p`` as saved: the weight of a merged LoRA layer without its update (loading merges it back)."""
+    owner_name, _, pname = name.rpartition(".")
+    owner = model.get_submodule(owner_name) if owner_name else model
+    if isinstance(owner, LoRALinear) and owner.merged and pname == "weight":
+        return (p.detach().float() - owner.delta_weight()).to(p.dtype)
+    return p.detach()
 
 
 def _normalised(spec: PeftSpec) -> PeftSpec:
