@@ -22,7 +22,7 @@ import torch.distributed as dist
 from torch import nn
 
 from minift.train.batching import BatchPlan
-from minift.train.checkpoint import save_checkpoint
+from minift.train.checkpoint import CheckpointLoadError, save_checkpoint
 from minift.train.losses import loss_sum, target_count
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
@@ -195,13 +195,14 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, scaler: t
     targets, examples, tokens, last_log = 0, 0, 0, time.perf_counter()
 
     def run_evaluation(reason: str) -> bool:
-        """Evaluate, remember the best, checkpoint; returns True when early stopping says stop."""
+        """Evaluate and remember the best; returns True when early stopping says stop."""
         metrics = evaluate()
         record = {"type": "eval", "step": state.step, "epoch": state.epoch, "reason": reason, **metrics}
         improved = torch.tensor([0.0])
         if metrics:
             value = metrics[settings.main_metric]
-            if state.best_metric is None or value > state.best_metric:
+            # NaN (e.g. Pearson's r of constant predictions) never improves: stored as the best, nothing would beat it.
+            if math.isfinite(value) and (state.best_metric is None or value > state.best_metric):
                 improved[0] = 1.0
             state.history.append(record)
             log(record)
@@ -214,7 +215,6 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, scaler: t
             on_best()
         else:
             state.bad_evals += 1
-        checkpoint()
         return bool(settings.early_stopping) and state.bad_evals >= settings.early_stopping
 
     def checkpoint():
@@ -226,10 +226,24 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, scaler: t
         bad = _all_sum(nonfinite.float().reshape(1).to(_collective_device() if world > 1 else device))
         return bool(bad.item())
 
+    # A resumed run's stop is decided again by this run's limits: the same limit stops at once (a finished run does
+    # no extra step), a raised one trains on.
+    if state.stopped in ("max_steps", "early_stopping"):
+        state.stopped = ""
+    if settings.max_steps and state.step >= settings.max_steps:
+        state.stopped = "max_steps"
+    elif settings.early_stopping and state.bad_evals >= settings.early_stopping:
+        state.stopped = "early_stopping"
+
     model.train()
     with _StopFlag() as stop:
         while state.epoch < settings.epochs and not state.stopped:
             batches = plan.epoch(state.epoch)
+            if state.micro >= len(batches):  # else the for loop below does nothing and this loop never ends
+                raise CheckpointLoadError(
+                    f"the resumed position (epoch {state.epoch}, micro-batch {state.micro}) is past this epoch's "
+                    f"{len(batches)} micro-batches: the data, batch size or number of processes differ from the run "
+                    "that wrote the checkpoint; resume with the run's own config")
             for start in range(state.micro, len(batches), accum):
                 window = batches[start:start + accum]  # the last window of an epoch may be shorter
                 collated = [(plan.collate(idx or [0]), bool(idx)) for idx in window]
@@ -285,8 +299,9 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, scaler: t
                         break
                     if run_evaluation("epoch" if epoch_ended else "step"):
                         state.stopped = "early_stopping"
-                if finishing and not state.stopped:
-                    state.stopped = "max_steps"
+                    elif finishing:
+                        state.stopped = "max_steps"
+                    checkpoint()  # after the stop is decided, so that resuming a finished run does not train on
                 if not state.stopped and stop.agreed():
                     if loss_is_bad():
                         state.stopped = "nan"

@@ -1,12 +1,13 @@
 """The loop's behaviour on tiny real models: exact resume, fp16 overflow skipping, NaN stop, early stopping."""
 import json
 
+import pytest
 import torch
 from safetensors.torch import load_file
 from trainkit import collate, random_batch, tiny_bert
 
 from minift.train.batching import BatchPlan
-from minift.train.checkpoint import find_checkpoint, load_checkpoint
+from minift.train.checkpoint import CheckpointLoadError, find_checkpoint, load_checkpoint
 from minift.train.loop import LoopSettings, LoopState, fit
 from minift.train.optim import build_optimizer, build_scheduler
 
@@ -110,3 +111,75 @@ def test_early_stopping_and_best_tracking(tmp_path):
                 lambda: best_calls.append(1), lambda r: None)
     assert state.stopped == "early_stopping" and state.step == 4
     assert state.best_metric == 0.7 and state.best_step == 2 and len(best_calls) == 2
+
+
+def _saved_loop(folder) -> dict:
+    return json.loads((find_checkpoint(folder) / "state.json").read_text())["loop"]
+
+
+def test_resuming_a_run_that_stopped_at_max_steps_does_no_extra_step(tmp_path):
+    model, stopped = run(tmp_path, "done", max_steps=6)
+    assert stopped.stopped == "max_steps" and _saved_loop(tmp_path / "done")["stopped"] == "max_steps"
+    again_model, again = run(tmp_path, "done", resume=True, max_steps=6)
+    assert again.step == 6 and again.stopped == "max_steps"
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again_model.state_dict().values()))
+    _, raised = run(tmp_path, "done", resume=True, max_steps=7)  # a raised limit trains on
+    assert raised.step == 7 and raised.stopped == "max_steps"
+
+
+def test_resuming_an_early_stopped_run_stays_stopped(tmp_path):
+    model, optimizer, scheduler, scaler, plan, loop = setup(tmp_path, checkpoint_dir=str(tmp_path / "ck"),
+                                                            eval_every=1, early_stopping=1)
+    values = iter([0.5, 0.4])
+    state = fit(model, optimizer, scheduler, scaler, plan, loop, lambda: {"accuracy": next(values)}, lambda: None,
+                lambda r: None)
+    assert state.stopped == "early_stopping" and state.step == 2
+    assert _saved_loop(tmp_path / "ck")["stopped"] == "early_stopping"
+    model, optimizer, scheduler, scaler, plan, loop = setup(tmp_path / "again", checkpoint_dir=str(tmp_path / "ck"),
+                                                            eval_every=1, early_stopping=1)
+    resumed = LoopState(**load_checkpoint(tmp_path / "ck", model, optimizer, scheduler, None))
+    resumed = fit(model, optimizer, scheduler, scaler, plan, loop, lambda: {"accuracy": 1.0}, lambda: None,
+                  lambda r: None, resumed)
+    assert resumed.step == 2 and resumed.stopped == "early_stopping"
+
+
+class CountingPlan:
+    """A BatchPlan that fails the test instead of hanging when the loop keeps asking for epochs."""
+
+    def __init__(self, plan):
+        self.plan, self.calls = plan, 0
+
+    def __len__(self):
+        return len(self.plan)
+
+    def collate(self, idx):
+        return self.plan.collate(idx)
+
+    def epoch(self, epoch):
+        self.calls += 1
+        assert self.calls < 5, "the loop spins without training"
+        return self.plan.epoch(epoch)
+
+
+def test_a_position_past_the_end_of_the_epoch_is_an_error(tmp_path):
+    """A checkpoint from a run with fewer, larger batches has a micro-batch position this data does not reach."""
+    model, optimizer, scheduler, scaler, plan, loop = setup(tmp_path)
+    with pytest.raises(CheckpointLoadError, match="past this epoch's 8 micro-batches"):
+        fit(model, optimizer, scheduler, scaler, CountingPlan(plan), loop, dict, lambda: None, lambda r: None,
+            LoopState(step=3, micro=len(plan)))
+
+
+def test_a_nan_metric_never_becomes_the_best(tmp_path):
+    """Pearson's r of constant predictions is NaN: it must not be kept as the best (nothing would beat it)."""
+    model, optimizer, scheduler, scaler, plan, loop = setup(tmp_path, eval_every=1, max_steps=5)
+    values = iter([float("nan"), 0.5, 0.4, float("nan"), 0.6])
+    best_steps, state = [], LoopState()
+    state = fit(model, optimizer, scheduler, scaler, plan, loop, lambda: {"accuracy": next(values)},
+                lambda: best_steps.append(state.step), lambda r: None, state)
+    assert state.best_metric == 0.6 and state.best_step == 5 and best_steps == [2, 5]
+
+    model, optimizer, scheduler, scaler, plan, loop = setup(tmp_path, eval_every=1, early_stopping=2)
+    values = iter([0.5, float("nan"), float("nan"), 0.9])  # NaN counts as not improved
+    state = fit(model, optimizer, scheduler, scaler, plan, loop, lambda: {"accuracy": next(values)}, lambda: None,
+                lambda r: None)
+    assert state.stopped == "early_stopping" and state.step == 3 and state.best_metric == 0.5
