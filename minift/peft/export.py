@@ -2,8 +2,9 @@
 
 ``export_peft(model, folder)`` writes ``adapter_config.json`` + ``adapter_model.safetensors`` exactly as peft's
 ``PeftModel.save_pretrained`` does for a LoRA (peft 0.21 layout): keys
-``base_model.model.<hf key>.lora_A.weight`` (r, C_in) / ``.lora_B.weight`` (C_out, r), and the trained head under
-``base_model.model.<head key>.<param>`` (peft's ``modules_to_save`` with the adapter name stripped). Our module
+``base_model.model.<hf key>.lora_A.weight`` (r, C_in) / ``.lora_B.weight`` (C_out, r), and the head (and any other
+module the base checkpoint lacks) under ``base_model.model.<key>.<param>`` (peft's ``modules_to_save`` with the
+adapter name stripped). Our module
 names are the HF keys, so the mapping is a prefix and a suffix. GPT-2: our ``c_attn`` is an ``nn.Linear`` but
 transformers' is a ``Conv1D``; peft's LoRA matrices have the same shapes for both, only ``fan_in_fan_out`` must be
 true so that peft merges the transposed way. Decoder soft prompts are written as peft's ``PROMPT_TUNING``
@@ -47,7 +48,8 @@ def export_peft(model: nn.Module, folder: str | Path, base_model_name_or_path: s
         base_model_name_or_path: recorded in ``adapter_config.json`` (peft uses it only for convenience loading).
 
     The head (classification, regression, token classification) is always exported as a peft
-    ``modules_to_save`` entry, trained or not, because the base checkpoint usually lacks it.
+    ``modules_to_save`` entry, trained or not, because the base checkpoint usually lacks it; so is every other
+    module the loader initialised because the base checkpoint lacks it (``model.fresh_keys``, e.g. a pooler).
     Encoder soft prompts are refused: minift inserts them after [CLS], peft prepends them, so peft would not
     reproduce the model.
     """
@@ -80,10 +82,10 @@ def _lora_export(model: nn.Module, options: dict) -> tuple[dict, dict]:
             targets.append(key)
             tensors[f"base_model.model.{key}.lora_A.weight"] = module.lora_A
             tensors[f"base_model.model.{key}.lora_B.weight"] = module.lora_B
-    head_key, head = _head(model)
-    if head is not None:
-        for pname, p in head.named_parameters():
-            tensors[f"base_model.model.{head_key}.{pname}"] = p
+    saved = {(key.removeprefix(prefix) if strip else key): m for key, m in _modules_to_save(model).items()}
+    for key, module in saved.items():
+        for pname, p in module.named_parameters():
+            tensors[f"base_model.model.{key}.{pname}"] = p
     config = {
         "peft_type": "LORA",
         "r": options["r"],
@@ -92,7 +94,7 @@ def _lora_export(model: nn.Module, options: dict) -> tuple[dict, dict]:
         # full module names: peft matches a list entry by equality or dotted suffix, so a short name such as
         # "dense" could also catch a head module that minift left alone
         "target_modules": targets,
-        "modules_to_save": [head_key] if head is not None else None,
+        "modules_to_save": list(saved) or None,
         "fan_in_fan_out": model.config.model_type == "gpt2",
         "bias": "none",
         "init_lora_weights": True,
@@ -110,10 +112,10 @@ def _prompt_export(wrapper: nn.Module) -> tuple[dict, dict]:
                          "after [CLS] (so the [CLS]-pooled head reads [CLS]) while peft prepends it, so peft would "
                          "not reproduce this model. Use save_trainable")
     tensors = {"prompt_embeddings": wrapper.prompt.embedding}
-    head_key, head = _head(model)
-    if head is not None:
-        for pname, p in head.named_parameters():
-            tensors[f"base_model.{head_key}.{pname}"] = p  # peft's layout for prompt learning's modules_to_save
+    saved = _modules_to_save(model)
+    for key, module in saved.items():
+        for pname, p in module.named_parameters():
+            tensors[f"base_model.{key}.{pname}"] = p  # peft's layout for prompt learning's modules_to_save
     n, C = wrapper.prompt.embedding.shape
     config = {
         "peft_type": "PROMPT_TUNING",
@@ -123,7 +125,7 @@ def _prompt_export(wrapper: nn.Module) -> tuple[dict, dict]:
         "num_attention_heads": model.config.num_heads,
         "num_layers": model.config.num_layers,
         "prompt_tuning_init": "RANDOM",  # the saved embeddings replace the initialisation
-        "modules_to_save": [head_key] if head is not None else None,
+        "modules_to_save": list(saved) or None,
     }
     return tensors, config
 
@@ -134,6 +136,25 @@ def _head(model: nn.Module) -> tuple[str | None, nn.Module | None]:
         return None, None
     key = next(name for name, m in model.named_children() if m is model.head)
     return key, model.head
+
+
+def _modules_to_save(model: nn.Module) -> dict[str, nn.Module]:
+    """What peft must carry as ``modules_to_save``, by module name in ``model``: the task head, trained or not,
+    and every module owning a parameter the loader initialised (``model.fresh_keys``: absent from the base
+    checkpoint, so transformers would draw it anew too, e.g. a pooler or an untied ``lm_head``)."""
+    head_key, head = _head(model)
+    modules = {head_key: head} if head is not None else {}
+    for key in getattr(model, "fresh_keys", ()):
+        owner = key.rpartition(".")[0]
+        if any(owner == name or owner.startswith(name + ".") for name in modules):
+            continue
+        modules[owner] = model.get_submodule(owner)
+    lora = [name for name, module in modules.items() if isinstance(module, LoRALinear)]
+    if lora:
+        raise ValueError(f"{lora} carry LoRA but their weights are not in the base checkpoint, so peft would need "
+                         "them both as LoRA targets and in modules_to_save; use save_trainable, or load a checkpoint "
+                         "that has them")
+    return modules
 
 
 @contextmanager

@@ -44,7 +44,8 @@ VERSION = 2  # 2: frozen head / fresh tensors saved too (version 1 saved the tra
 
 
 def save_trainable(model: nn.Module, folder: str | Path) -> Path:
-    """Write the trainable tensors and the method's config to ``folder`` (created if needed).
+    """Write the trainable tensors, the frozen tensors a fresh base model lacks (the task head, the loader's
+    ``fresh_keys``; see the module docstring) and the method's config to ``folder`` (created if needed).
 
     Returns the folder. Raises ``ValueError`` when no PEFT method was applied (use
     ``minift.models.save_pretrained`` to save a fully fine-tuned model).

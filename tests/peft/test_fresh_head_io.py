@@ -141,3 +141,40 @@ def test_version_1_folders_still_load(tmp_path):
     b = batch("bert")
     with torch.no_grad():
         assert torch.equal(again(**b), ours(**b))
+
+
+def test_exported_fresh_pooler_loads_in_peft(tmp_path):
+    """A BERT checkpoint without a pooler: the exported adapter carries the frozen, fresh pooler next to the head."""
+    peft = pytest.importorskip("peft")
+    folder = bare_checkpoint(tmp_path, "bert", add_pooling_layer=False)
+    ours = trained(folder, "lora", seed=1, r=2)
+    exported = export_peft(ours, tmp_path / "exported")
+    config = json.loads((exported / "adapter_config.json").read_text())
+    assert config["modules_to_save"] == ["classifier", "bert.pooler.dense"]
+    torch.manual_seed(2)
+    hf = transformers.BertForSequenceClassification.from_pretrained(folder, num_labels=3).eval()
+    loaded = peft.PeftModel.from_pretrained(hf, exported).eval()
+    b = batch("bert")
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(**b).logits, ours(**b), rtol=0, atol=1e-5)
+
+
+def test_export_refuses_lora_on_a_fresh_module(tmp_path):
+    folder = bare_checkpoint(tmp_path, "bert", add_pooling_layer=False)
+    ours = trained(folder, "lora", seed=1, r=2, targets=["query", "pooler.dense"])
+    with pytest.raises(ValueError, match="bert.pooler.dense"):
+        export_peft(ours, tmp_path / "exported")
+
+
+def test_merged_lora_on_a_fresh_module_reloads(tmp_path):
+    """The frozen weight of a merged LoRA layer is saved without the update, which loading merges back in."""
+    from minift.peft import merge
+
+    folder = bare_checkpoint(tmp_path, "bert", add_pooling_layer=False)
+    ours = merge(trained(folder, "lora", seed=1, r=2, targets=["query", "pooler.dense"]))
+    saved = save_trainable(ours, tmp_path / "saved")
+    torch.manual_seed(2)
+    again = load_trainable(load_pretrained(folder, head="classification", num_labels=3), saved)
+    b = batch("bert")
+    with torch.no_grad():
+        torch.testing.assert_close(again(**b), ours(**b), rtol=0, atol=1e-5)
