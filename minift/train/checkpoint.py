@@ -227,6 +227,12 @@ def load_checkpoint(path, model: nn.Module, optimizer, scheduler, scaler) -> dic
         opt_tensors = load_file(folder / "optimizer.safetensors")
     except (OSError, ValueError) as err:
         raise CheckpointLoadError(f"checkpoint {folder} is incomplete or corrupt ({err}); resume from another one")
+    rng_file = folder / f"rng-rank{_rank()}.safetensors"
+    saved_world = len(list(folder.glob("rng-rank*.safetensors")))  # one RNG file per process that wrote it
+    world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    if not rng_file.is_file() or saved_world != world:
+        raise CheckpointLoadError(f"{folder} was written by {saved_world} process(es), this run has {world}: resume "
+                                  "with the same number of processes (the data shards and order depend on it)")
     load_trainable_state(model, trainable, str(folder / "trainable.safetensors"))
     device = next(model.parameters()).device
     opt_tensors = {k: (v if k.endswith(".step") else v.to(device)) for k, v in opt_tensors.items()}
@@ -238,8 +244,5 @@ def load_checkpoint(path, model: nn.Module, optimizer, scheduler, scaler) -> dic
     scheduler.load_state_dict({**scheduler.state_dict(), **state["scheduler"]})
     if scaler is not None and state["scaler"]:
         scaler.load_state_dict(state["scaler"])
-    rng_file = folder / f"rng-rank{_rank()}.safetensors"
-    if not rng_file.is_file():
-        raise CheckpointLoadError(f"{rng_file} is missing: resume with the same number of processes")
     restore_rng(st_load(rng_file.read_bytes()), json.loads((folder / f"rng-rank{_rank()}.json").read_text()))
     return state["loop"]

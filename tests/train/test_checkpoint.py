@@ -1,6 +1,7 @@
 """Checkpoint files: pickle-free (safetensors + JSON only), exact round trips, atomic replacement."""
 import json
 import random
+import shutil
 
 import numpy as np
 import pytest
@@ -99,4 +100,15 @@ def test_resume_errors_are_clear(tmp_path):
     for p in model.bert.parameters():
         p.requires_grad_(False)  # a different method: the trainable set no longer matches
     with pytest.raises(CheckpointLoadError, match="same model, method"):
+        load_checkpoint(tmp_path / "ck", model, optimizer, scheduler, scaler)
+
+
+def test_resume_with_fewer_processes_is_refused(tmp_path):
+    """A checkpoint of a 2-process run (one RNG file per process) resumed by 1 process would shard the data
+    differently: refused (with more processes, rank 1's file is missing: refused too)."""
+    model, optimizer, scheduler, scaler = trained(tmp_path)
+    folder = save_checkpoint(tmp_path / "ck", model, optimizer, scheduler, scaler, {"step": 3})
+    for suffix in (".safetensors", ".json"):
+        shutil.copy(folder / f"rng-rank0{suffix}", folder / f"rng-rank1{suffix}")
+    with pytest.raises(CheckpointLoadError, match="written by 2 process"):
         load_checkpoint(tmp_path / "ck", model, optimizer, scheduler, scaler)
