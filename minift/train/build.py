@@ -80,7 +80,10 @@ def build_model(config: TrainConfig, task: Task, path: Path, tokenizer, device: 
         from minift.peft import apply
 
         train_head = config.train_head if task.kind != "causal-lm" else None  # an LM head is tied: never trained
-        model = apply(model, config.method, train_head=train_head, **peft_options(config, tokenizer))
+        try:
+            model = apply(model, config.method, train_head=train_head, **peft_options(config, tokenizer))
+        except (ValueError, TypeError) as err:  # bad options (e.g. --lora-targets naming no module): say so
+            raise TrainSetupError(f"--method {config.method}: {err}") from None
     return model.to(device)
 
 
@@ -113,7 +116,8 @@ def split_validation(task: Task, config: TrainConfig) -> tuple:
 
 
 def build_task(config: TrainConfig) -> Task:
-    task = load_task(config.task, config.data_dir)
+    task = load_task(config.task, config.data_dir, text_column=config.text_column, label_column=config.label_column,
+                     text_pair_column=config.text_pair_column, kind=config.task_kind)
     if "test" not in task.splits:
         raise TrainSetupError(f"task {task.name!r} has no test split (splits: {sorted(task.splits)})")
     return task

