@@ -135,14 +135,6 @@ class AdapterLinear(nn.Linear):
         """The parameters the adapter trains, by name relative to this module."""
         return {f"adapter.{name}": p for name, p in self.adapter.named_parameters()}
 
-    def to_linear(self) -> nn.Linear:
-        """The plain base ``nn.Linear`` (same parameters), without the adapter."""
-        linear = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None, device="meta")
-        linear.weight = self.weight
-        linear.bias = self.bias
-        linear.train(self.training)
-        return linear
-
 
 def adapter_param_count(hidden_size: int, size: int, num_layers: int, placement: str) -> int:
     """Parameters added by adapters: per adapter ``2 * C * m + m + C`` (down and up, with biases)."""
