@@ -45,7 +45,6 @@ class Activations:
     layer_copies: int = 0  # with checkpointing: the copies one recomputed block makes again in backward
     copies_per_layer: list[int] = field(default_factory=list)  # without checkpointing: copies each block keeps
     cached_copies: int = 0  # with checkpointing: trainable weights' copies held by autocast's cache in forward
-    notes: list[str] = field(default_factory=list)
 
     @property
     def layers(self) -> int:
@@ -85,7 +84,7 @@ class _Ctx:
             return self.tape.rms_norm(x, self.c.hidden_size, self.m.trains_weights())
         return self.tape.layer_norm(x, self.c.hidden_size, self.m.trains_weights(), self.m.trains_biases())
 
-    def attention(self, q: Sym, k: Sym, v: Sym, mask_numel: int, causal_mask_needed: bool = False) -> Sym:
+    def attention(self, q: Sym, k: Sym, v: Sym, mask_numel: int) -> Sym:
         """``minift.models.attention.attention`` on (B, H, T, d) views; GQA k/v are repeated first."""
         c, tape = self.c, self.tape
         B, T, H, d = self.B, self.T, c.num_heads, c.head_dim

@@ -12,11 +12,11 @@ from dataclasses import dataclass
 
 from minift.models.config import ModelConfig
 from minift.peft.adapter import ADAPTER_SITES, PLACEMENTS
+from minift.peft.apply import METHODS as PEFT_METHODS
+from minift.peft.apply import TRAINABLE_HEADS
 from minift.peft.lora import DEFAULT_TARGETS
 
-METHODS = ("full", "lora", "adapter", "bitfit", "prompt")
-HEADS = (None, "classification", "regression", "token-classification", "causal-lm")
-TRAINABLE_HEADS = ("classification", "regression", "token-classification")  # as minift.peft.apply
+METHODS = ("full", *PEFT_METHODS)
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import gc
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -31,7 +31,6 @@ class Profile:
     estimated: dict[str, int]
     estimate: Estimate
     seconds_per_step: float = 0.0
-    notes: list[str] = field(default_factory=list)
 
     def error(self, phase: str = "peak") -> float:
         """(estimate − measured) / measured, in %."""
