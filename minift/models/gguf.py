@@ -218,7 +218,7 @@ def load_gguf(path: str | Path, dtype: torch.dtype | str | None = None, device: 
     Returns:
         The model in eval mode, with ``fresh_keys`` and ``skipped_keys`` recorded like ``load_pretrained``.
     """
-    from minift.models.load import _fresh_tensors, build_model, configure_labels, resolve_dtype
+    from minift.models.load import assign_state, build_model, configure_labels, resolve_dtype
 
     dtype = resolve_dtype(dtype)
     device = torch.device(device if device is not None else "cpu")
@@ -246,17 +246,12 @@ def load_gguf(path: str | Path, dtype: torch.dtype | str | None = None, device: 
         raise CheckpointError(f"{path} does not match its own llama metadata: missing {missing[:20]}, "
                               f"mis-shaped {mis_shaped[:20]}; the file is damaged or uses an unsupported layout")
     state = {k: v.to(device) for k, v in state.items()}
-    state.update(_fresh_tensors(model, {k: expected[k] for k in fresh}, dtype, device))
-    if model.is_tied:
-        state["lm_head.weight"] = state["model.embed_tokens.weight"]
-    model.load_state_dict(state, strict=True, assign=True)
-    model.tie_weights()
+    model = assign_state(model, state, fresh, skipped, dtype, device)
     factors = _rope_freq_factors(reader)
     if factors is not None:
         rotary = model.backbone.rotary_emb
         rotary.inv_freq = rotary.inv_freq / factors
-    model.fresh_keys, model.skipped_keys = sorted(fresh), sorted(skipped)
-    return model.eval()
+    return model
 
 
 def load_gguf_tokenizer(path: str | Path):

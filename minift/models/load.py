@@ -96,6 +96,24 @@ def load_pretrained(path: str | Path, dtype: torch.dtype | str | None = None, de
     with torch.device("meta"):
         model = build_model(config, family, head)
     state, skipped, fresh = read_state(files, family, model, dtype, device)
+    return assign_state(model, state, fresh, skipped, dtype, device)
+
+
+def assign_state(model: TaskModel, state: dict[str, torch.Tensor], fresh: list[str], skipped: list[str],
+                 dtype: torch.dtype, device: torch.device) -> TaskModel:
+    """Put checked tensors into the meta-built ``model`` (safetensors and GGUF loading both end here).
+
+    Initialises the ``fresh`` keys, points a tied LM head at the embedding, assigns every tensor
+    (``load_state_dict(assign=True)``: no second copy), and records ``fresh_keys`` / ``skipped_keys``.
+
+    Returns:
+        The model, in eval mode.
+    """
+    shapes = {k: v.shape for k, v in model.state_dict().items()}
+    state.update(_fresh_tensors(model, {k: shapes[k] for k in fresh}, dtype, device))
+    if model.is_tied:  # the head shares the embedding tensor; tie_weights() re-links them after assign
+        embedding = next(n for n, m in model.named_modules() if m is model.get_input_embeddings())
+        state[model.head_spec.key + ".weight"] = state[embedding + ".weight"]
     model.load_state_dict(state, strict=True, assign=True)
     model.tie_weights()
     for module in model.modules():
@@ -103,7 +121,8 @@ def load_pretrained(path: str | Path, dtype: torch.dtype | str | None = None, de
             module.reset_buffers()
     still_meta = [name for name, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
     if still_meta:
-        raise RuntimeError(f"{family.model_type} family bug: tensors left uninitialised after loading: {still_meta}")
+        raise RuntimeError(f"{model.config.model_type} family bug: tensors left uninitialised after loading: "
+                           f"{still_meta}")
     model.fresh_keys, model.skipped_keys = sorted(fresh), sorted(skipped)
     return model.eval()
 
@@ -209,10 +228,11 @@ def _normalise(keys: list[str], prefix: str, head_keys: set[str]) -> dict[str, s
 
 def read_state(files: dict[Path, list[str] | None], family: Family, model: TaskModel, dtype: torch.dtype,
                device: torch.device) -> tuple[dict[str, torch.Tensor], list[str], list[str]]:
-    """Read the tensors ``model`` needs, check every key, and create fresh tensors for absent head keys.
+    """Read the tensors ``model`` needs and check every key.
 
     Returns:
-        (state dict for ``model.load_state_dict(assign=True)``, skipped checkpoint keys, fresh model keys).
+        (the loaded tensors by model key, skipped checkpoint keys, fresh model keys — absent head keys that
+        ``assign_state`` initialises).
     """
     handles = {file: _open(file, device) for file in files}
     where: dict[str, tuple[Path, str]] = {}  # model key → (file, checkpoint key)
@@ -255,10 +275,6 @@ def read_state(files: dict[Path, list[str] | None], family: Family, model: TaskM
             state[key] = tensor.to(dtype) if tensor.is_floating_point() else tensor
     if missing or unexpected or mismatched:
         raise CheckpointError(_mismatch_message(files, family, model, missing, unexpected, mismatched))
-    state.update(_fresh_tensors(model, {k: expected[k] for k in fresh}, dtype, device))
-    if model.is_tied:  # the head shares the embedding tensor; tie_weights() re-links them after assign
-        embedding = next(n for n, m in model.named_modules() if m is model.get_input_embeddings())
-        state[model.head_spec.key + ".weight"] = state[embedding + ".weight"]
     skipped = [k for k in where if k not in expected]
     return state, skipped, fresh
 
