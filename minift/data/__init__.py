@@ -7,7 +7,6 @@ max_length)`` -> features; ``collate(features, pad_id)`` / ``Collator`` -> padde
 """
 from minift.data.collate import Collator, LengthGroupedBatchSampler, collate, length_grouped_batches
 from minift.data.encode import (
-    IGNORE_INDEX,
     encode,
     encode_causal_lm,
     encode_task,
@@ -16,7 +15,7 @@ from minift.data.encode import (
     parse_label,
 )
 from minift.data.errors import DataError
-from minift.data.example import Example, Task
+from minift.data.example import IGNORE_INDEX, Example, Task
 from minift.data.lm_eval import generate_label_ids
 from minift.data.metrics import classification_report, compute_metrics
 from minift.data.ner import entities, ner_report, ner_scores

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-from minift.data.encode import IGNORE_INDEX
+from minift.data.example import IGNORE_INDEX
 
 
 def collate(features: Sequence[dict], pad_id: int, padding_side: str = "right",

@@ -16,8 +16,8 @@ from tokenizers import Tokenizer
 from minift.data.errors import DataError
 from minift.data.example import Example, Task
 from minift.data.tokenizer import SpecialIds, special_ids, uses_token_type_ids
+from minift.data.example import IGNORE_INDEX
 
-IGNORE_INDEX = -100  # label of positions without a loss (as torch.nn.CrossEntropyLoss's ignore_index)
 
 
 @contextmanager

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 KINDS = ("classification", "regression", "token-classification", "causal-lm")
+IGNORE_INDEX = -100  # the label of positions without a loss (torch's cross-entropy ignore_index)
 
 # Metric names per task kind; the first is the main metric unless a task says otherwise.
 CLASSIFICATION_METRICS = ("accuracy", "micro_f1", "macro_f1")

@@ -9,6 +9,7 @@ import numpy as np
 
 from minift.data.example import Task
 from minift.data.ner import ner_scores
+from minift.data.example import IGNORE_INDEX
 
 
 def _array(values) -> np.ndarray:
@@ -75,7 +76,7 @@ def token_tag_sequences(predictions, labels, label_names: list[str]) -> tuple[li
             p = p.argmax(axis=-1)
         if p.shape[0] != y.shape[0]:
             raise ValueError(f"predictions have {p.shape[0]} positions but labels {y.shape[0]}")
-        keep = y != -100
+        keep = y != IGNORE_INDEX
         gold.append([label_names[i] for i in y[keep]])
         predicted.append([label_names[i] for i in p.astype(np.int64)[keep]])
     return gold, predicted

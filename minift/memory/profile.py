@@ -172,7 +172,7 @@ def train_steps(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch:
     Returns:
         ``{phase: bytes}`` of the last step (empty without ``memory``).
     """
-    from minift.train.losses import loss_sum
+    from minift.losses import loss_sum
 
     device = next(model.parameters()).device
     amp_dtype = torch.float16 if setup.precision == "mixed-fp16" else torch.bfloat16

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from minift.train.losses import loss_sum
+from minift.losses import loss_sum
 
 
 @dataclass
@@ -69,7 +69,7 @@ def measure_saved(model: nn.Module, batch: dict, kind: str | None, autocast_dtyp
     Args:
         model: a ``TaskModel`` (or ``PromptModel``), in train mode for dropout to count.
         batch: model inputs (``input_ids``, ``attention_mask``, ...) plus ``labels`` when ``kind`` is given.
-        kind: the loss (``minift.train.losses.loss_sum``): ``classification`` | ``regression`` |
+        kind: the loss (``minift.losses.loss_sum``): ``classification`` | ``regression`` |
             ``token-classification`` | ``causal-lm``, or None to stop at the model output.
         autocast_dtype: run under ``torch.autocast(device, dtype)`` (mixed precision), or None.
         backward: run backward afterwards (checks the graph is sound and frees it).

@@ -12,10 +12,9 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
+from minift.data.example import IGNORE_INDEX
 from minift.models.generate import greedy_generate
 from minift.train.loop import autocast, model_inputs
-
-IGNORE = -100
 
 
 @torch.no_grad()
@@ -43,7 +42,7 @@ def predict(model: nn.Module, batches: Sequence[dict], kind: str, precision: str
         elif kind == "token-classification":
             tags = output.argmax(-1).cpu()  # (B, T)
             for row_tags, row_gold in zip(tags, gold):
-                keep = row_gold != IGNORE
+                keep = row_gold != IGNORE_INDEX
                 predictions.append(row_tags[keep].tolist())
                 labels.append(row_gold[keep].tolist())
         else:

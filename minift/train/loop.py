@@ -23,7 +23,7 @@ from torch import nn
 
 from minift.train.batching import BatchPlan
 from minift.train.checkpoint import CheckpointLoadError, save_checkpoint
-from minift.train.losses import loss_sum, target_count
+from minift.losses import loss_sum, target_count
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 

@@ -1,5 +1,8 @@
 """Summed losses and their target counts, so that accumulated gradients equal one big batch's.
 
+Below both ``minift.train`` and ``minift.memory`` (the estimator's measurements run the same loss). Positions
+labelled ``minift.data.example.IGNORE_INDEX`` carry no loss.
+
 The loop divides the *sum* of per-target losses of every micro-batch by the number of targets in the whole
 accumulation window (all processes together). Averaging per micro-batch instead would weight a short
 micro-batch's tokens more than a long one's (torchtune normalises by the token count the same way).
@@ -10,7 +13,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-IGNORE = -100
+from minift.data.example import IGNORE_INDEX
+
 
 
 def target_count(kind: str, labels: torch.Tensor) -> int:
@@ -18,9 +22,9 @@ def target_count(kind: str, labels: torch.Tensor) -> int:
     if kind in ("classification", "regression"):
         return int(labels.shape[0])
     if kind == "token-classification":
-        return int((labels != IGNORE).sum())
+        return int((labels != IGNORE_INDEX).sum())
     if kind == "causal-lm":
-        return int((labels[:, 1:] != IGNORE).sum())
+        return int((labels[:, 1:] != IGNORE_INDEX).sum())
     raise ValueError(f"unknown task kind {kind!r}")
 
 
@@ -37,12 +41,12 @@ def loss_sum(kind: str, output: torch.Tensor, labels: torch.Tensor) -> torch.Ten
     """
     output = output.float()
     if kind == "classification":
-        return F.cross_entropy(output, labels, ignore_index=IGNORE, reduction="sum")
+        return F.cross_entropy(output, labels, ignore_index=IGNORE_INDEX, reduction="sum")
     if kind == "regression":
         return F.mse_loss(output.reshape(-1), labels.float().reshape(-1), reduction="sum")
     if kind == "token-classification":
-        return F.cross_entropy(output.flatten(0, 1), labels.flatten(), ignore_index=IGNORE, reduction="sum")
+        return F.cross_entropy(output.flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX, reduction="sum")
     if kind == "causal-lm":
         logits, targets = output[:, :-1], labels[:, 1:]  # position t predicts token t+1
-        return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE, reduction="sum")
+        return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX, reduction="sum")
     raise ValueError(f"unknown task kind {kind!r}")
