@@ -14,6 +14,7 @@ from torch import nn
 from minift.models.activations import activation
 from minift.models.attention import attention, build_mask
 from minift.models.config import ModelConfig
+from minift.models.errors import ConfigError
 from minift.models.heads import linear_head
 from minift.models.registry import Family, HeadSpec
 from minift.models.task_model import run_block
@@ -209,6 +210,32 @@ def _build(config: ModelConfig, head_kind: str | None) -> BertModel:
     return BertModel(config, add_pooler=head_kind in (None, "classification", "regression"))
 
 
+def read_config(d: dict, values: dict) -> None:
+    """Only absolute positions exist in minift's BERT family (RoBERTa shares this check)."""
+    if d.get("position_embedding_type", "absolute") != "absolute":
+        raise ConfigError(f"position_embedding_type {d['position_embedding_type']!r} is not supported (only 'absolute')")
+
+
+# config.json keys of BERT-style encoders (RoBERTa reads the same): ModelConfig field → HF key(s).
+CONFIG_KEYS = {
+    "hidden_size": ("hidden_size",),
+    "num_layers": ("num_hidden_layers",),
+    "num_heads": ("num_attention_heads",),
+    "intermediate_size": ("intermediate_size",),
+    "max_position_embeddings": ("max_position_embeddings",),
+    "layer_norm_eps": ("layer_norm_eps",),
+    "hidden_act": ("hidden_act",),
+    "type_vocab_size": ("type_vocab_size",),
+    "hidden_dropout": ("hidden_dropout_prob",),
+    "attention_dropout": ("attention_probs_dropout_prob",),
+    "embedding_dropout": ("hidden_dropout_prob",),
+}
+# transformers' BertConfig defaults for keys a config.json leaves out.
+CONFIG_DEFAULTS = {"hidden_act": "gelu", "layer_norm_eps": 1e-12, "type_vocab_size": 2, "max_position_embeddings": 512,
+                   "hidden_dropout": 0.1, "attention_dropout": 0.1, "embedding_dropout": 0.1, "pad_token_id": 0}
+# Houlsby's two adapter sites: the attention output and the feed-forward output projections.
+ADAPTER_SITES = {"attention": "attention.output.dense", "ffn": "output.dense"}
+
 _SEQUENCE = HeadSpec(key="classifier", build=linear_head, pooling="pooler", hf_class="BertForSequenceClassification",
                      dropout=True)
 FAMILY = Family(
@@ -216,6 +243,11 @@ FAMILY = Family(
     prefix="bert",
     build_backbone=_build,
     hf_class="BertModel",
+    config_keys=CONFIG_KEYS,
+    config_defaults=CONFIG_DEFAULTS,
+    read_config=read_config,
+    architectures=("Bert",),
+    config_markers=("type_vocab_size", "num_hidden_layers"),  # SciBERT's config.json names no model_type
     heads={
         "classification": _SEQUENCE,
         "regression": _SEQUENCE,
@@ -225,4 +257,6 @@ FAMILY = Family(
     # position_ids: a buffer older transformers saved; cls.*: the pre-training (MLM / NSP) heads.
     skip=(r"\.position_ids$", r"^cls\."),
     optional=(r"^bert\.pooler\.",),  # absent from *ForTokenClassification checkpoints; unused by some heads
+    lora_targets=("query", "value"),
+    adapter_sites=ADAPTER_SITES,
 )

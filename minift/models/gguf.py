@@ -1,11 +1,12 @@
-"""Load llama.cpp GGUF files: dequantized Llama weights as a ``TaskModel`` and the tokenizer from the metadata.
+"""Load llama.cpp GGUF files: dequantized weights as a ``TaskModel`` and the tokenizer from the metadata.
 
-GGUF (https://github.com/ggml-org/ggml/blob/master/docs/gguf.md) stores the config as ``llama.*`` metadata,
+GGUF (https://github.com/ggml-org/ggml/blob/master/docs/gguf.md) stores the config as ``<arch>.*`` metadata,
 the tokenizer as ``tokenizer.ggml.*`` metadata and the tensors under llama.cpp names, possibly quantized.  We
 read it with the ``gguf`` package (an optional dependency: ``pip install "minift[gguf]"``), dequantize with
-``gguf.quants.dequantize``, rename with the one table below and undo the permutation llama.cpp's
-``convert_hf_to_gguf.py`` applies to the Q and K projections (it interleaves the two rotary halves of each
-head; HF Llama keeps them as halves).
+``gguf.quants.dequantize``, rename with the table of the family whose ``GGUFSpec.arch`` is the file's
+``general.architecture`` and, for LLaMA-architecture files (``GGUFSpec.permute_qk``), undo the permutation
+llama.cpp's ``convert_hf_to_gguf.py`` applies to the Q and K projections (it interleaves the two rotary halves
+of each head; HF keeps them as halves).
 """
 
 from __future__ import annotations
@@ -19,27 +20,9 @@ import torch
 
 from minift.models.config import ModelConfig
 from minift.models.errors import CheckpointError, ConfigError, ModelLoadError
-from minift.models.registry import HEAD_KINDS, get_family
+from minift.models.registry import HEAD_KINDS, Family, families, gguf_family
 from minift.models.task_model import TaskModel
 
-# llama.cpp tensor name → HF Llama key ({i}: block index). The one place GGUF names are known.
-GGUF_TO_HF = {
-    "token_embd": "model.embed_tokens",
-    "output_norm": "model.norm",
-    "output": "lm_head",
-    "blk.{i}.attn_norm": "model.layers.{i}.input_layernorm",
-    "blk.{i}.attn_q": "model.layers.{i}.self_attn.q_proj",
-    "blk.{i}.attn_k": "model.layers.{i}.self_attn.k_proj",
-    "blk.{i}.attn_v": "model.layers.{i}.self_attn.v_proj",
-    "blk.{i}.attn_output": "model.layers.{i}.self_attn.o_proj",
-    "blk.{i}.ffn_norm": "model.layers.{i}.post_attention_layernorm",
-    "blk.{i}.ffn_gate": "model.layers.{i}.mlp.gate_proj",
-    "blk.{i}.ffn_up": "model.layers.{i}.mlp.up_proj",
-    "blk.{i}.ffn_down": "model.layers.{i}.mlp.down_proj",
-}
-# GGUF tensors deliberately not loaded: rope_freqs holds llama3 frequency factors (applied to RoPE instead).
-GGUF_SKIP = (r"^rope_freqs\.weight$",)
-SUPPORTED_ARCHITECTURES = ("llama",)
 # tokenizer.ggml.pre → how llama.cpp splits text before byte-level BPE (llama-vocab.cpp's regex_exprs).
 _LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
                  r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
@@ -78,11 +61,13 @@ def _meta(reader, key: str, default: Any = None) -> Any:
 
 
 def gguf_config(reader, path: str | Path = "<gguf>") -> ModelConfig:
-    """A Llama ``ModelConfig`` from the GGUF ``llama.*`` and ``tokenizer.ggml.*`` metadata."""
+    """The ``ModelConfig`` of a GGUF file, from its ``<arch>.*`` and ``tokenizer.ggml.*`` metadata."""
     arch = _meta(reader, "general.architecture")
-    if arch not in SUPPORTED_ARCHITECTURES:
-        raise ConfigError(f"{path}: GGUF architecture {arch!r} is not supported; minift reads "
-                          f"{list(SUPPORTED_ARCHITECTURES)} GGUF files (convert other models from their HF folder)")
+    family = gguf_family(arch)
+    if family is None:
+        known = [fam.gguf.arch for fam in families() if fam.gguf is not None]
+        raise ConfigError(f"{path}: GGUF architecture {arch!r} is not supported; minift reads {known} GGUF files "
+                          "(convert other models from their HF folder)")
 
     def need(key: str):
         value = _meta(reader, f"{arch}.{key}")
@@ -93,25 +78,23 @@ def gguf_config(reader, path: str | Path = "<gguf>") -> ModelConfig:
     names = {t.name for t in reader.tensors}
     num_heads = int(need("attention.head_count"))
     hidden = int(need("embedding_length"))
-    vocab = int(_tensor(reader, "token_embd.weight").shape[-1])  # GGUF shapes list the innermost dim first
-    d = {
-        "model_type": "llama",
-        "architectures": ["LlamaForCausalLM"],
-        "vocab_size": int(vocab),
+    values = {  # ModelConfig fields, from the metadata keys llama.cpp writes for every architecture
+        "vocab_size": int(_tensor(reader, "token_embd.weight").shape[-1]),  # GGUF lists the innermost dim first
         "hidden_size": hidden,
         "intermediate_size": int(need("feed_forward_length")),
-        "num_hidden_layers": int(need("block_count")),
-        "num_attention_heads": num_heads,
-        "num_key_value_heads": int(_meta(reader, f"{arch}.attention.head_count_kv", num_heads)),
+        "num_layers": int(need("block_count")),
+        "num_heads": num_heads,
+        "num_kv_heads": int(_meta(reader, f"{arch}.attention.head_count_kv", num_heads)),
         "head_dim": int(_meta(reader, f"{arch}.attention.key_length", hidden // num_heads)),
         "max_position_embeddings": int(_meta(reader, f"{arch}.context_length", 2048)),
-        "rms_norm_eps": float(_meta(reader, f"{arch}.attention.layer_norm_rms_epsilon", 1e-5)),
-        "rope_theta": float(_meta(reader, f"{arch}.rope.freq_base", 10000.0)),
-        "hidden_act": "silu",
-        "tie_word_embeddings": "output.weight" not in names,
+        "layer_norm_eps": float(_meta(reader, f"{arch}.attention.layer_norm_rms_epsilon", 1e-5)),
         "attention_bias": "blk.0.attn_q.bias" in names,
         "mlp_bias": "blk.0.ffn_up.bias" in names,
     }
+    d = {family.config_keys[name][0]: value for name, value in values.items() if name in family.config_keys}
+    d.update({"model_type": family.model_type, "architectures": [family.heads["causal-lm"].hf_class],
+              "vocab_size": values["vocab_size"], "tie_word_embeddings": "output.weight" not in names,
+              "rope_theta": float(_meta(reader, f"{arch}.rope.freq_base", 10000.0))})
     scaling = _meta(reader, f"{arch}.rope.scaling.type")
     if scaling not in (None, "none"):
         if scaling != "linear":
@@ -128,17 +111,18 @@ def _tensor(reader, name: str):
     for t in reader.tensors:
         if t.name == name:
             return t
-    raise CheckpointError(f"GGUF has no tensor {name!r}; the file is incomplete or not a Llama-architecture model")
+    raise CheckpointError(f"GGUF has no tensor {name!r}; the file is incomplete or not a model minift reads")
 
 
-def _hf_name(name: str) -> str | None:
-    """llama.cpp tensor name → HF key, or None when the name is not in ``GGUF_TO_HF``."""
+def _hf_name(name: str, family: Family) -> str | None:
+    """llama.cpp tensor name → HF key by the family's table, or None when the table lacks it."""
     base, _, param = name.rpartition(".")
     match = re.fullmatch(r"blk\.(\d+)\.(\w+)", base)
     key = f"blk.{{i}}.{match.group(2)}" if match else base
-    if key not in GGUF_TO_HF:
+    tensors = family.gguf.tensors
+    if key not in tensors:
         return None
-    return GGUF_TO_HF[key].format(i=match.group(1) if match else "") + "." + param
+    return tensors[key].format(i=match.group(1) if match else "") + "." + param
 
 
 def unpermute_qk(w: torch.Tensor, n_head: int) -> torch.Tensor:
@@ -163,14 +147,16 @@ def read_gguf_state(reader, config: ModelConfig, dtype: torch.dtype = torch.floa
     """Every tensor of the GGUF, dequantized, renamed to HF keys and un-permuted, in ``dtype``.
 
     Raises:
-        CheckpointError: a tensor name not in ``GGUF_TO_HF`` (and not in ``GGUF_SKIP``), listing them.
+        CheckpointError: a tensor name not in the family's ``GGUFSpec.tensors`` (nor its ``skip``), listing them.
     """
     gguf = _gguf()
+    family = gguf_family(_meta(reader, "general.architecture"))
+    spec = family.gguf
     state, unknown = {}, []
     for t in reader.tensors:
-        if any(re.search(p, t.name) for p in GGUF_SKIP):
+        if any(re.search(p, t.name) for p in spec.skip):
             continue
-        key = _hf_name(t.name)
+        key = _hf_name(t.name, family)
         if key is None:
             unknown.append(t.name)
             continue
@@ -185,14 +171,14 @@ def read_gguf_state(reader, config: ModelConfig, dtype: torch.dtype = torch.floa
         if not array.flags.writeable:  # an F32 tensor is a view of the read-only memory map
             array = array.copy()
         tensor = torch.from_numpy(array)
-        if key.endswith(("q_proj.weight", "q_proj.bias")):
+        if spec.permute_qk and key.endswith(("q_proj.weight", "q_proj.bias")):
             tensor = unpermute_qk(tensor, config.num_heads)
-        elif key.endswith(("k_proj.weight", "k_proj.bias")):
+        elif spec.permute_qk and key.endswith(("k_proj.weight", "k_proj.bias")):
             tensor = unpermute_qk(tensor, config.num_kv_heads)
         state[key] = tensor.to(dtype)
     if unknown:
-        raise CheckpointError(f"GGUF tensors not understood by minift's llama table: {unknown[:20]}; "
-                              "is this a Llama-architecture file?")
+        raise CheckpointError(f"GGUF tensors not in minift's {spec.arch} table: {unknown[:20]}; the file holds "
+                              "tensors this architecture does not have")
     return state
 
 
@@ -206,7 +192,7 @@ def _rope_freq_factors(reader) -> torch.Tensor | None:
 
 def load_gguf(path: str | Path, dtype: torch.dtype | str | None = None, device: str | torch.device | None = None,
               head: str | None = None, num_labels: int | None = None) -> TaskModel:
-    """Load a Llama-architecture GGUF as a minift ``TaskModel`` (weights dequantized to ``dtype``).
+    """Load a GGUF of a supported architecture as a minift ``TaskModel`` (weights dequantized to ``dtype``).
 
     Args:
         path: the ``.gguf`` file.
@@ -226,24 +212,24 @@ def load_gguf(path: str | Path, dtype: torch.dtype | str | None = None, device: 
         raise ModelLoadError(f"unknown head {head!r}; use one of {', '.join(HEAD_KINDS)} or None")
     reader = _reader(path)
     config = gguf_config(reader, path)
-    family = get_family(config.model_type)
+    family = gguf_family(_meta(reader, "general.architecture"))
     head = head if head is not None else family.default_head
     config = configure_labels(config, head, num_labels)
     with torch.device("meta"):
         model = build_model(config, family, head)
     state = read_gguf_state(reader, config, dtype)
     expected = {k: v.shape for k, v in model.state_dict().items()}
-    skipped = [k for k in state if k not in expected or (model.is_tied and k == "lm_head.weight")]
+    tied = {model.head_spec.key + ".weight"} if model.is_tied else set()  # shares the embedding, filled below
+    skipped = [k for k in state if k not in expected or k in tied]
     for key in skipped:
-        del state[key]  # lm_head of a GGUF loaded with another head, or tied
+        del state[key]  # the LM head of a GGUF loaded with another head, or tied
     head_prefix = model.head_spec.key + "." if model.head_spec else None
-    tied = {"lm_head.weight"} if model.is_tied else set()  # shares the embedding, filled below
     fresh = [k for k in expected if k not in state and k not in tied and head_prefix and k.startswith(head_prefix)]
     missing = sorted(k for k in expected if k not in state and k not in fresh and k not in tied)
     mis_shaped = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(s)}" for k, s in expected.items()
                   if k in state and tuple(state[k].shape) != tuple(s)]
     if missing or mis_shaped:
-        raise CheckpointError(f"{path} does not match its own llama metadata: missing {missing[:20]}, "
+        raise CheckpointError(f"{path} does not match its own metadata: missing {missing[:20]}, "
                               f"mis-shaped {mis_shaped[:20]}; the file is damaged or uses an unsupported layout")
     state = {k: v.to(device) for k, v in state.items()}
     model = assign_state(model, state, fresh, skipped, dtype, device)

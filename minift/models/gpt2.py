@@ -166,11 +166,29 @@ def _transpose(w: torch.Tensor) -> torch.Tensor:
     return w.t().contiguous()
 
 
+# HF's Conv1D weights are (in, out); nn.Linear wants (out, in).
+CONV1D = r"\.(c_attn|c_proj|c_fc)\.weight$"
 FAMILY = Family(
     model_type="gpt2",
     prefix="transformer",
     build_backbone=build_backbone,
     hf_class="GPT2Model",
+    config_keys={
+        "hidden_size": ("n_embd",),
+        "num_layers": ("n_layer",),
+        "num_heads": ("n_head",),
+        "intermediate_size": ("n_inner",),
+        "max_position_embeddings": ("n_positions", "n_ctx"),
+        "layer_norm_eps": ("layer_norm_epsilon",),
+        "hidden_act": ("activation_function",),
+        "hidden_dropout": ("resid_pdrop",),
+        "attention_dropout": ("attn_pdrop",),
+        "embedding_dropout": ("embd_pdrop",),
+    },
+    config_defaults={"hidden_act": "gelu_new", "layer_norm_eps": 1e-5, "max_position_embeddings": 1024,
+                     "hidden_dropout": 0.1, "attention_dropout": 0.1, "embedding_dropout": 0.1, "type_vocab_size": 0},
+    architectures=("GPT2",),
+    config_markers=("n_embd",),
     heads={
         "causal-lm": HeadSpec(key="lm_head", build=lm_head, pooling="tokens", hf_class="GPT2LMHeadModel", tied=True),
         "classification": HeadSpec(
@@ -184,8 +202,12 @@ FAMILY = Family(
     },
     # Old checkpoints saved the causal-mask buffers; we build masks on the fly.
     skip=(r"\.attn\.(bias|masked_bias)$",),
-    # HF Conv1D weights are (in, out); nn.Linear wants (out, in).
-    transforms=(KeyTransform(r"\.(c_attn|c_proj|c_fc)\.weight$", load=_transpose, save=_transpose),),
+    transforms=(KeyTransform(CONV1D, load=_transpose, save=_transpose),),
+    conv1d=CONV1D,
     default_head="causal-lm",
     is_decoder=True,
+    lora_targets=("c_attn",),  # the fused q/k/v projection (peft's default for GPT-2)
+    adapter_sites={"attention": "attn.c_proj", "ffn": "mlp.c_proj"},
+    bpe_processor="ByteLevel",
+    tokenizer_classes=("GPT2Tokenizer", "GPT2TokenizerFast"),
 )

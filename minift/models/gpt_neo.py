@@ -139,11 +139,46 @@ def build_backbone(config: ModelConfig, head_kind: str | None = None) -> GPTNeoM
     return GPTNeoModel(config)
 
 
+def read_config(d: dict, values: dict) -> None:
+    """The per-layer "global" / "local" pattern, as transformers reads it: ``attention_types``
+    (``[[["global", "local"], 12]]`` = the pattern repeated 12 times), overwritten by a saved ``attention_layers``."""
+    if d.get("attention_layers"):
+        values["attention_layers"] = list(d["attention_layers"])
+    elif d.get("attention_types"):
+        values["attention_layers"] = [kind for pattern, repeat in d["attention_types"] for _ in range(repeat)
+                                      for kind in pattern]
+    else:
+        values["attention_layers"] = ["global"] * d["num_layers"]
+
+
+def write_config(config: ModelConfig, d: dict) -> None:
+    d["attention_types"] = [[[kind], 1] for kind in config.attention_layers]
+    d["attention_layers"] = list(config.attention_layers)
+
+
 FAMILY = Family(
     model_type="gpt_neo",
     prefix="transformer",
     build_backbone=build_backbone,
     hf_class="GPTNeoModel",
+    config_keys={
+        "hidden_size": ("hidden_size",),
+        "num_layers": ("num_layers",),
+        "num_heads": ("num_heads",),
+        "intermediate_size": ("intermediate_size",),
+        "max_position_embeddings": ("max_position_embeddings",),
+        "layer_norm_eps": ("layer_norm_epsilon",),
+        "hidden_act": ("activation_function",),
+        "hidden_dropout": ("resid_dropout",),
+        "attention_dropout": ("attention_dropout",),
+        "embedding_dropout": ("embed_dropout",),
+        "window_size": ("window_size",),
+    },
+    config_defaults={"hidden_act": "gelu_new", "layer_norm_eps": 1e-5, "max_position_embeddings": 2048,
+                     "window_size": 256, "type_vocab_size": 0, "classifier_dropout": 0.1},
+    read_config=read_config,
+    write_config=write_config,
+    architectures=("GPTNeo",),
     heads={
         "causal-lm": HeadSpec(key="lm_head", build=lm_head, pooling="tokens", hf_class="GPTNeoForCausalLM", tied=True),
         "classification": HeadSpec(
@@ -161,4 +196,7 @@ FAMILY = Family(
     skip=(r"\.attn\.attention\.(bias|masked_bias)$",),
     default_head="causal-lm",
     is_decoder=True,
+    lora_targets=("q_proj", "v_proj"),
+    adapter_sites={"attention": "attn.attention.out_proj", "ffn": "mlp.c_proj"},
+    bpe_processor="ByteLevel",
 )

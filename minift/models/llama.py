@@ -16,8 +16,8 @@ from minift.models.activations import activation
 from minift.models.attention import attention, build_mask
 from minift.models.config import ModelConfig
 from minift.models.heads import linear_head, lm_head, score_head
-from minift.models.registry import Family, HeadSpec
-from minift.models.rope import RotaryEmbedding, apply_rotary
+from minift.models.registry import Family, GGUFSpec, HeadSpec
+from minift.models.rope import RotaryEmbedding, apply_rotary, read_rope_config, write_rope_config
 from minift.models.task_model import run_block
 
 
@@ -167,11 +167,49 @@ def build_backbone(config: ModelConfig, head_kind: str | None = None) -> LlamaMo
     return LlamaModel(config)
 
 
+# config.json keys of Llama-style decoders (Qwen2 and Mistral read the same): ModelConfig field → HF key(s).
+CONFIG_KEYS = {
+    "hidden_size": ("hidden_size",),
+    "num_layers": ("num_hidden_layers",),
+    "num_heads": ("num_attention_heads",),
+    "num_kv_heads": ("num_key_value_heads",),
+    "head_dim": ("head_dim",),
+    "intermediate_size": ("intermediate_size",),
+    "max_position_embeddings": ("max_position_embeddings",),
+    "layer_norm_eps": ("rms_norm_eps",),
+    "hidden_act": ("hidden_act",),
+    "attention_dropout": ("attention_dropout",),
+    "attention_bias": ("attention_bias",),
+    "mlp_bias": ("mlp_bias",),
+}
+# llama.cpp tensor names → HF keys ({i}: block index), shared by the Llama-style GGUF architectures.
+GGUF_TENSORS = {
+    "token_embd": "model.embed_tokens",
+    "output_norm": "model.norm",
+    "output": "lm_head",
+    "blk.{i}.attn_norm": "model.layers.{i}.input_layernorm",
+    "blk.{i}.attn_q": "model.layers.{i}.self_attn.q_proj",
+    "blk.{i}.attn_k": "model.layers.{i}.self_attn.k_proj",
+    "blk.{i}.attn_v": "model.layers.{i}.self_attn.v_proj",
+    "blk.{i}.attn_output": "model.layers.{i}.self_attn.o_proj",
+    "blk.{i}.ffn_norm": "model.layers.{i}.post_attention_layernorm",
+    "blk.{i}.ffn_gate": "model.layers.{i}.mlp.gate_proj",
+    "blk.{i}.ffn_up": "model.layers.{i}.mlp.up_proj",
+    "blk.{i}.ffn_down": "model.layers.{i}.mlp.down_proj",
+}
+ADAPTER_SITES = {"attention": "self_attn.o_proj", "ffn": "mlp.down_proj"}
+
 FAMILY = Family(
     model_type="llama",
     prefix="model",
     build_backbone=build_backbone,
     hf_class="LlamaModel",
+    config_keys=CONFIG_KEYS,
+    config_defaults={"hidden_act": "silu", "layer_norm_eps": 1e-6, "max_position_embeddings": 2048,
+                     "type_vocab_size": 0, "tie_word_embeddings": False, "attention_bias": False, "mlp_bias": False},
+    read_config=read_rope_config,
+    write_config=write_rope_config,
+    architectures=("Llama",),
     heads={
         "causal-lm": HeadSpec(key="lm_head", build=lm_head, pooling="tokens", hf_class="LlamaForCausalLM", tied=True),
         "classification": HeadSpec(
@@ -186,4 +224,8 @@ FAMILY = Family(
     skip=(r"rotary_emb\.inv_freq$",),
     default_head="causal-lm",
     is_decoder=True,
+    # rope_freqs holds llama3 frequency factors (applied to the RoPE frequencies instead of loaded).
+    gguf=GGUFSpec(arch="llama", tensors=GGUF_TENSORS, permute_qk=True, skip=(r"^rope_freqs\.weight$",)),
+    lora_targets=("q_proj", "v_proj"),
+    adapter_sites=ADAPTER_SITES,
 )

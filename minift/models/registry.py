@@ -11,13 +11,15 @@ import importlib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 from torch import nn
 
-from minift.models.config import ModelConfig
 from minift.models.errors import ConfigError, ModelLoadError
+
+if TYPE_CHECKING:
+    from minift.models.config import ModelConfig
 
 # model_type → module defining FAMILY. The only place a family is registered.
 FAMILIES: dict[str, str] = {
@@ -57,19 +59,49 @@ class KeyTransform:
 
 
 @dataclass(frozen=True)
+class GGUFSpec:
+    """How a family's llama.cpp GGUF files map onto its HF keys (read by ``gguf.py``)."""
+
+    arch: str  # the file's ``general.architecture`` (its metadata keys are ``<arch>.block_count`` ...)
+    tensors: Mapping[str, str]  # llama.cpp tensor name ("blk.{i}.attn_q") → HF module key ("model.layers.{i}...")
+    permute_qk: bool = False  # undo convert_hf_to_gguf.py's Q/K row permutation (LLaMA-architecture files)
+    skip: tuple[str, ...] = ()  # regexes of GGUF tensors deliberately not loaded
+
+
+@dataclass(frozen=True)
 class Family:
-    """Everything ``load_pretrained`` / ``save_pretrained`` need to know about one model family."""
+    """Everything minift knows about one model family; ``peft``, ``memory``, ``data`` and ``gguf`` read it here.
+
+    A family module defines ``FAMILY = Family(...)`` beside its layers, and ``FAMILIES`` below registers it.
+    """
 
     model_type: str  # config.json "model_type"
     prefix: str  # HF attribute the backbone lives under: "bert" | "roberta" | "transformer" | "model"
     build_backbone: Callable[[ModelConfig, str | None], nn.Module]  # (config, head_kind) → backbone
     hf_class: str  # transformers class of the bare backbone, e.g. "BertModel"
+    # --- config.json ---
+    config_keys: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # ModelConfig field → HF keys (first
+    #                                       present is read; the first is written back)
+    config_defaults: Mapping[str, Any] = field(default_factory=dict)  # transformers' defaults for absent keys
+    read_config: Callable[[dict, dict], None] | None = None  # (HF dict, field values) → fills family-specific fields
+    write_config: Callable[[ModelConfig, dict], None] | None = None  # (config, HF dict being written) → its keys
+    architectures: tuple[str, ...] = ()  # HF class-name prefixes naming the family in configs without model_type
+    config_markers: tuple[str, ...] = ()  # keys that together name the family when nothing else does
+    # --- modules and checkpoints ---
     heads: Mapping[str, HeadSpec] = field(default_factory=dict)  # head kind → spec
     skip: tuple[str, ...] = ()  # regexes of checkpoint keys deliberately ignored (e.g. r"\.position_ids$")
     optional: tuple[str, ...] = ()  # regexes of model keys freshly initialised when absent (e.g. BERT pooler)
     transforms: tuple[KeyTransform, ...] = ()  # per-key tensor transforms on load and save
+    conv1d: str | None = None  # regex of weights HF keeps in Conv1D (in, out) layout (peft's fan_in_fan_out)
     default_head: str | None = None  # head used when none is asked for (decoders: "causal-lm")
     is_decoder: bool = False
+    gguf: GGUFSpec | None = None  # llama.cpp files of this architecture, if minift reads them
+    # --- what other packages ask of a family ---
+    lora_targets: tuple[str, ...] = ()  # default LoRA targets (peft's defaults: attention query and value)
+    adapter_sites: Mapping[str, str] = field(default_factory=dict)  # "attention" / "ffn" → block-relative name of
+    #                                       that sub-layer's output projection (where a bottleneck adapter goes)
+    bpe_processor: str | None = None  # vocab.json + merges.txt tokenizers: "RobertaProcessing" | "ByteLevel"
+    tokenizer_classes: tuple[str, ...] = ()  # tokenizer_config.json "tokenizer_class" values of this family
 
     def head_spec(self, head_kind: str | None) -> HeadSpec | None:
         """The spec of ``head_kind`` (None → None), or a ``ModelLoadError`` naming the supported heads."""
@@ -101,3 +133,27 @@ def get_family(model_type: str) -> Family:
         raise ModelLoadError(f"model_type {model_type!r} is registered but {FAMILIES[model_type]} "
                              "is not available in this installation") from e
     return module.FAMILY
+
+
+def families() -> list[Family]:
+    """Every registered family, in registration order (imports them all)."""
+    return [get_family(model_type) for model_type in FAMILIES]
+
+
+def detect_model_type(d: dict) -> str | None:
+    """The family of a config dict that has no ``model_type`` (old checkpoints, e.g. SciBERT's), or None.
+
+    Class names are tried first for every family, then the families' marker keys, in registration order.
+    """
+    for fam in families():
+        if fam.architectures and any(arch.startswith(fam.architectures) for arch in d.get("architectures") or ()):
+            return fam.model_type
+    for fam in families():
+        if fam.config_markers and all(key in d for key in fam.config_markers):
+            return fam.model_type
+    return None
+
+
+def gguf_family(arch: str) -> Family | None:
+    """The family whose GGUF spec reads ``general.architecture == arch``, or None."""
+    return next((fam for fam in families() if fam.gguf is not None and fam.gguf.arch == arch), None)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from minift.models.bert import BertEmbeddings, BertModel
+from minift.models.bert import ADAPTER_SITES, CONFIG_DEFAULTS, CONFIG_KEYS, BertEmbeddings, BertModel, read_config
 from minift.models.config import ModelConfig
 from minift.models.heads import linear_head, roberta_head
 from minift.models.registry import Family, HeadSpec
@@ -56,6 +56,10 @@ FAMILY = Family(
     prefix="roberta",
     build_backbone=_build,
     hf_class="RobertaModel",
+    config_keys=CONFIG_KEYS,
+    config_defaults={**CONFIG_DEFAULTS, "pad_token_id": 1},  # transformers' RobertaConfig
+    read_config=read_config,
+    architectures=("Roberta",),
     heads={
         "classification": HeadSpec(key="classifier", build=roberta_head, pooling="first",
                                    hf_class="RobertaForSequenceClassification"),
@@ -67,4 +71,8 @@ FAMILY = Family(
     # position_ids: a buffer older transformers saved; lm_head.*: RobertaForMaskedLM's head (roberta-base).
     skip=(r"\.position_ids$", r"^lm_head\."),
     optional=(r"^roberta\.pooler\.",),
+    lora_targets=("query", "value"),
+    adapter_sites=ADAPTER_SITES,
+    bpe_processor="RobertaProcessing",  # <s> A </s></s> B </s>
+    tokenizer_classes=("RobertaTokenizer", "RobertaTokenizerFast"),
 )

@@ -28,6 +28,30 @@ from torch import nn
 SUPPORTED_ROPE_TYPES = ("default", "linear", "dynamic", "llama3")
 
 
+def read_rope_config(d: dict, values: dict) -> None:
+    """``rope_theta`` / ``rope_scaling`` from a config dict: 5.x ``rope_parameters`` or 4.x ``rope_theta`` +
+    ``rope_scaling`` (4.x first wrote the scaling type as ``"type"``, later ``"rope_type"``). A family's
+    ``read_config`` hook for every RoPE family."""
+    params = dict(d.get("rope_parameters") or {})
+    if not params and d.get("rope_scaling"):
+        params = dict(d["rope_scaling"])
+    values["rope_theta"] = float(params.pop("rope_theta", d.get("rope_theta") or 10000.0))
+    if "type" in params:
+        params["rope_type"] = params.pop("type")
+    if params.get("rope_type", "default") == "default":
+        params.pop("rope_type", None)
+    values["rope_scaling"] = params or None
+
+
+def write_rope_config(config, d: dict) -> None:
+    """The inverse of :func:`read_rope_config`, in the form the original dict used (5.x or 4.x)."""
+    if "rope_parameters" in d:  # 5.x form
+        scaling = config.rope_scaling or {}
+        d["rope_parameters"] = {"rope_type": "default", **scaling, "rope_theta": config.rope_theta}
+    else:  # 4.x form, which 5.x also reads
+        d["rope_theta"], d["rope_scaling"] = config.rope_theta, config.rope_scaling
+
+
 def rope_type_of(rope_scaling: dict[str, Any] | None) -> str:
     """The scaling type named by a ``rope_scaling`` / ``rope_parameters`` dict ("default" when None)."""
     if not rope_scaling:
