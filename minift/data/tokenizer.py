@@ -3,8 +3,8 @@ special token ids.
 
 A folder is read, in this order, from ``tokenizer.json`` (padding and truncation stored in the file are
 switched off: minift pads per batch and truncates per call), ``vocab.txt`` (BERT WordPiece), or
-``vocab.json`` + ``merges.txt`` (byte-level BPE with RoBERTa's or GPT-2's post-processing, chosen by
-``config.json``'s ``model_type`` or ``tokenizer_config.json``'s ``tokenizer_class``).
+``vocab.json`` + ``merges.txt`` (byte-level BPE, post-processed as the model family says: ``Family.bpe_processor``,
+the family found from ``config.json``'s ``model_type`` or ``tokenizer_config.json``'s ``tokenizer_class``).
 """
 from __future__ import annotations
 
@@ -16,8 +16,6 @@ from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre
 
 from minift.data.errors import DataError
 
-_ROBERTA_TYPES = {"roberta", "xlm-roberta", "camembert", "longformer", "bart"}
-_GPT2_TYPES = {"gpt2", "gpt_neo", "gpt_neox", "gptj", "codegen", "opt"}
 
 
 def load_tokenizer(path: str | Path) -> Tokenizer:
@@ -50,7 +48,7 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
     if (path / "vocab.txt").exists():
         return _wordpiece(path / "vocab.txt", options)
     if (path / "vocab.json").exists() and (path / "merges.txt").exists():
-        return _byte_level_bpe(path, options, _family(path, options))
+        return _byte_level_bpe(path, options, _bpe_processor(path, options))
     raise DataError(f"{path}: no tokenizer files; expected tokenizer.json, vocab.txt (WordPiece) or "
                     "vocab.json + merges.txt (byte-level BPE). Copy them from the model's Hugging Face repository.")
 
@@ -64,16 +62,20 @@ def _json(path: Path) -> dict:
         raise DataError(f"{path}: not valid JSON ({err})") from None
 
 
-def _family(folder: Path, options: dict) -> str:
+def _bpe_processor(folder: Path, options: dict) -> str:
+    """The post-processor of a byte-level BPE folder ("RobertaProcessing" or "ByteLevel"), from its model family."""
+    from minift.models.registry import FAMILIES, families
+
     model_type = _json(folder / "config.json").get("model_type", "")
-    tokenizer_class = str(options.get("tokenizer_class", "")).lower()
-    if model_type in _ROBERTA_TYPES or tokenizer_class.startswith("roberta"):
-        return "roberta"
-    if model_type in _GPT2_TYPES or tokenizer_class.startswith("gpt2"):
-        return "gpt2"
+    tokenizer_class = str(options.get("tokenizer_class", ""))
+    for family in families():
+        named = model_type == family.model_type or tokenizer_class in family.tokenizer_classes
+        if named and family.bpe_processor is not None:
+            return family.bpe_processor
     raise DataError(f"{folder}: vocab.json + merges.txt found, but neither config.json's model_type "
-                    f"({model_type!r}) nor tokenizer_config.json's tokenizer_class ({tokenizer_class!r}) says "
-                    "whether RoBERTa or GPT-2 special tokens apply; add a config.json with model_type")
+                    f"({model_type!r}) nor tokenizer_config.json's tokenizer_class ({tokenizer_class!r}) names a "
+                    f"model family with a byte-level BPE tokenizer ({', '.join(FAMILIES)}); add a config.json "
+                    "with model_type")
 
 
 def _wordpiece(vocab: Path, options: dict) -> Tokenizer:
@@ -101,14 +103,15 @@ def _vocab_ids(tokenizer: Tokenizer) -> dict[str, int]:
     return tokenizer.get_vocab(with_added_tokens=False)
 
 
-def _byte_level_bpe(folder: Path, options: dict, family: str) -> Tokenizer:
-    """Byte-level BPE as transformers' RobertaTokenizerFast / GPT2TokenizerFast build it."""
+def _byte_level_bpe(folder: Path, options: dict, processor: str) -> Tokenizer:
+    """Byte-level BPE as transformers' RobertaTokenizerFast ("RobertaProcessing": ``<s> A </s></s> B </s>``) or
+    GPT2TokenizerFast ("ByteLevel": no special tokens added) build it."""
     tokenizer = Tokenizer(models.BPE.from_file(str(folder / "vocab.json"), str(folder / "merges.txt")))
     prefix_space = bool(options.get("add_prefix_space", False))
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=prefix_space)
     tokenizer.decoder = decoders.ByteLevel()
     vocab = _vocab_ids(tokenizer)
-    if family == "roberta":
+    if processor == "RobertaProcessing":
         names = {"bos": "<s>", "eos": "</s>", "unk": "<unk>", "pad": "<pad>", "mask": "<mask>"}
         tokens = [_token(options.get(f"{k}_token", v)) for k, v in names.items()]
         tokenizer.add_special_tokens([AddedToken(t, special=True, lstrip=(k == "mask"))

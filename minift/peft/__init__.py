@@ -4,6 +4,8 @@
 - ``adapter.py``: bottleneck adapters (Houlsby / Pfeiffer placements) wrapping sub-layer output projections.
 - ``bitfit.py``: which parameters are biases (BitFit adds no module).
 - ``prompt.py``: ``SoftPrompt`` and the ``PromptModel`` wrapper (prompt tuning).
+- ``config.py``: one typed config per method (``LoRAConfig``, ``AdapterConfig``, ``BitFitConfig``, ``PromptConfig``)
+  and ``Method`` (a method, its config and whether the head trains).
 - ``apply.py``: ``apply(model, method, **options)``, ``trainable_summary``, ``merge`` / ``unmerge``.
 - ``io.py``: ``save_trainable`` / ``load_trainable`` (safetensors + JSON).
 - ``export.py``: ``export_peft`` (peft's adapter format) and ``save_merged`` (an HF folder).
@@ -21,23 +23,24 @@ Example::
     export_peft(model, "run/hf-peft")  # PeftModel.from_pretrained(transformers_model, "run/hf-peft")
     save_merged(model, "run/merged")  # AutoModelForSequenceClassification.from_pretrained("run/merged")
 """
-from minift.peft.adapter import AdapterConfig, AdapterLinear, Bottleneck
-from minift.peft.apply import (
-    PeftSpec,
-    apply,
-    merge,
-    peft_modules,
-    trainable_parameters,
-    trainable_summary,
-    unmerge,
+from minift.peft.adapter import AdapterLinear, Bottleneck
+from minift.peft.apply import apply, merge, peft_modules, trainable_parameters, trainable_summary, unmerge
+from minift.peft.config import (
+    METHODS,
+    AdapterConfig,
+    BitFitConfig,
+    LoRAConfig,
+    Method,
+    PromptConfig,
+    method_config,
 )
 from minift.peft.export import export_peft, save_merged
 from minift.peft.io import load_trainable, save_trainable
-from minift.peft.lora import LoRAConfig, LoRALinear
-from minift.peft.prompt import PromptConfig, PromptModel, SoftPrompt
+from minift.peft.lora import LoRALinear
+from minift.peft.prompt import PromptModel, SoftPrompt
 
 __all__ = [
-    "AdapterConfig", "AdapterLinear", "Bottleneck", "LoRAConfig", "LoRALinear", "PeftSpec", "PromptConfig",
-    "PromptModel", "SoftPrompt", "apply", "export_peft", "load_trainable", "merge", "peft_modules", "save_merged",
-    "save_trainable", "trainable_parameters", "trainable_summary", "unmerge",
+    "METHODS", "AdapterConfig", "AdapterLinear", "BitFitConfig", "Bottleneck", "LoRAConfig", "LoRALinear", "Method",
+    "PromptConfig", "PromptModel", "SoftPrompt", "apply", "export_peft", "load_trainable", "merge", "method_config",
+    "peft_modules", "save_merged", "save_trainable", "trainable_parameters", "trainable_summary", "unmerge",
 ]

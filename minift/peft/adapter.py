@@ -13,58 +13,15 @@ The up projection starts at exactly zero, so at initialisation the adapted model
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from minift.peft.config import ADAPTER_PLACEMENTS
+
+# the modules of minift.peft.config.ADAPTER_ACTIVATIONS
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "silu": nn.SiLU}
-
-# Block-relative names of each family's "attention output" and "feed-forward output" projections
-# (docs/ARCHITECTURE.md, module tree = HF keys). Houlsby adapts both, Pfeiffer only the feed-forward one.
-ADAPTER_SITES: dict[str, dict[str, str]] = {
-    "bert": {"attention": "attention.output.dense", "ffn": "output.dense"},
-    "roberta": {"attention": "attention.output.dense", "ffn": "output.dense"},
-    "gpt2": {"attention": "attn.c_proj", "ffn": "mlp.c_proj"},
-    "gpt_neo": {"attention": "attn.attention.out_proj", "ffn": "mlp.c_proj"},
-    "llama": {"attention": "self_attn.o_proj", "ffn": "mlp.down_proj"},
-}
-PLACEMENTS = {"houlsby": ("attention", "ffn"), "pfeiffer": ("ffn",)}
-
-
-@dataclass
-class AdapterConfig:
-    """Options of ``apply(model, "adapter", ...)``. Give exactly one of ``size`` / ``reduction_factor``."""
-
-    size: int | None = None  # bottleneck width m
-    reduction_factor: float | None = None  # m = hidden_size // reduction_factor
-    placement: str = "houlsby"  # "houlsby": after attention and FFN outputs; "pfeiffer": after the FFN only
-    activation: str = "relu"  # one of ACTIVATIONS
-
-    def __post_init__(self):
-        if (self.size is None) == (self.reduction_factor is None):
-            raise ValueError("give exactly one of adapter size=<int> or reduction_factor=<number>, "
-                             f"got size={self.size!r}, reduction_factor={self.reduction_factor!r}")
-        if self.size is not None and (not isinstance(self.size, int) or isinstance(self.size, bool) or self.size < 1):
-            raise ValueError(f"adapter size must be a positive integer, got {self.size!r}")
-        if self.reduction_factor is not None and (
-                not isinstance(self.reduction_factor, (int, float)) or self.reduction_factor <= 0):
-            raise ValueError(f"adapter reduction_factor must be a positive number, got {self.reduction_factor!r}")
-        if self.placement not in PLACEMENTS:
-            raise ValueError(f"unknown adapter placement {self.placement!r}; choose one of {sorted(PLACEMENTS)}")
-        if self.activation not in ACTIVATIONS:
-            raise ValueError(f"unknown adapter activation {self.activation!r}; choose one of {sorted(ACTIVATIONS)}")
-
-    def bottleneck_size(self, hidden_size: int) -> int:
-        """The bottleneck width ``m`` for hidden size ``C``."""
-        if self.size is not None:
-            return self.size
-        m = int(hidden_size // self.reduction_factor)
-        if m < 1:
-            raise ValueError(f"reduction_factor={self.reduction_factor} leaves no bottleneck for hidden size "
-                             f"{hidden_size}; use a smaller factor or size=<int>")
-        return m
 
 
 class Bottleneck(nn.Module):
@@ -138,4 +95,4 @@ class AdapterLinear(nn.Linear):
 
 def adapter_param_count(hidden_size: int, size: int, num_layers: int, placement: str) -> int:
     """Parameters added by adapters: per adapter ``2 * C * m + m + C`` (down and up, with biases)."""
-    return len(PLACEMENTS[placement]) * num_layers * (2 * hidden_size * size + size + hidden_size)
+    return len(ADAPTER_PLACEMENTS[placement]) * num_layers * (2 * hidden_size * size + size + hidden_size)

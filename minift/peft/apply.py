@@ -7,82 +7,57 @@ Modules are swapped in place (walk ``named_modules``, match, ``setattr(parent, n
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
-
 from torch import nn
 
-from minift.peft.adapter import ADAPTER_SITES, PLACEMENTS, AdapterConfig, AdapterLinear
+from minift.peft.adapter import AdapterLinear
 from minift.peft.bitfit import bias_params
-from minift.peft.lora import DEFAULT_TARGETS, LoRAConfig, LoRALinear
-from minift.peft.prompt import PromptConfig, PromptModel, SoftPrompt
+from minift.peft.config import ADAPTER_PLACEMENTS, TRAINABLE_HEADS, AdapterConfig, LoRAConfig, Method, method_config
+from minift.peft.lora import LoRALinear
+from minift.peft.prompt import PromptModel, SoftPrompt
 
 
-@dataclass
-class BitFitConfig:
-    """Options of ``apply(model, "bitfit")``: none besides ``train_head``."""
-
-
-METHODS = {"lora": LoRAConfig, "adapter": AdapterConfig, "bitfit": BitFitConfig, "prompt": PromptConfig}
-TRAINABLE_HEADS = ("classification", "regression", "token-classification")
-
-
-@dataclass
-class PeftSpec:
-    """What ``apply`` did, recorded on the model as ``model.peft_spec`` (and saved by ``save_trainable``)."""
-
-    method: str  # "lora" | "adapter" | "bitfit" | "prompt"
-    options: dict = field(default_factory=dict)  # the method config's fields (asdict)
-    train_head: bool = True  # whether the head's weights train
-
-    def to_dict(self) -> dict:
-        return {"method": self.method, "options": dict(self.options), "train_head": self.train_head}
-
-
-def make_config(method: str, options: dict):
-    """The typed config of ``method`` from keyword ``options``; unknown methods / options raise ``ValueError``."""
-    if method not in METHODS:
-        raise ValueError(f"unknown PEFT method {method!r}; choose one of {sorted(METHODS)}")
-    cls = METHODS[method]
-    allowed = [f.name for f in fields(cls)]
-    unknown = sorted(set(options) - set(allowed))
-    if unknown:
-        raise ValueError(f"unknown option(s) {unknown} for PEFT method {method!r}; its options are "
-                         f"{allowed + ['train_head']}")
-    return cls(**options)
-
-
-def apply(model: nn.Module, method: str, *, train_head: bool | None = None, **options) -> nn.Module:
+def apply(model: nn.Module, method: str | Method, *, train_head: bool | None = None, **options) -> nn.Module:
     """Apply a PEFT method to ``model`` in place and set ``requires_grad`` on exactly what trains.
 
     Args:
         model: a ``TaskModel`` (see docs/ARCHITECTURE.md) without PEFT applied.
-        method: "lora" (``LoRAConfig``: r, alpha, dropout, targets), "adapter" (``AdapterConfig``: size or
-            reduction_factor, placement, activation), "bitfit" (no options) or "prompt" (``PromptConfig``:
-            num_virtual_tokens, init, token_ids).
+        method: a ``minift.peft.config.Method``, or a method name with its options as keywords: "lora"
+            (``LoRAConfig``: r, alpha, dropout, targets), "adapter" (``AdapterConfig``: size or reduction_factor,
+            placement, activation), "bitfit" (no options) or "prompt" (``PromptConfig``: length, init, text,
+            token_ids — tokenise an init text yourself and pass its token_ids).
         train_head: whether the head's weights train. Default: True for classification, regression and token
             classification heads; False for a causal-LM head or no head. Under BitFit the head's biases train
             either way.
 
     Returns:
         ``model`` itself (LoRA, adapter, BitFit) or a ``PromptModel`` wrapping it (prompt). Either has a
-        ``peft_spec`` attribute (``PeftSpec``).
+        ``peft_spec`` attribute: the ``Method`` applied, with ``train_head`` resolved.
     """
+    if isinstance(method, Method):
+        if options or train_head is not None:
+            raise TypeError("apply(model, Method(...)) takes no further options: put them in the Method")
+        spec = method
+    else:
+        spec = Method(method, method_config(method, options), train_head)
+    if spec.name == "full":
+        raise ValueError("'full' is not a PEFT method: full fine-tuning trains every parameter as loaded")
     if find_peft_spec(model) is not None or peft_modules(model):
         raise ValueError("this model already has PEFT applied; apply one method to a fresh model "
                          "(minift.models.load_pretrained)")
-    cfg = make_config(method, options)
-    train_head = _resolve_train_head(model, train_head)
-    family = model.config.model_type
-    if method == "bitfit" and not bias_params(model.backbone):
-        raise ValueError(f"BitFit trains bias terms, but this {family} backbone has none (e.g. Llama without "
-                         "attention_bias/mlp_bias); use method 'lora' or 'adapter' instead")
-    if method == "lora":
-        _apply_lora(model, cfg, family)
-    elif method == "adapter":
-        _apply_adapters(model, cfg, family)
-    elif method == "prompt":
-        emb = model.get_input_embeddings()
-        model = PromptModel(model, SoftPrompt(cfg.num_virtual_tokens, emb, cfg.init, cfg.token_ids))
+    cfg, family = spec.config, model.family
+    train_head = _resolve_train_head(model, spec.train_head)
+    if spec.name == "bitfit" and not bias_params(model.backbone):
+        raise ValueError(f"BitFit trains bias terms, but this {family.model_type} backbone has none (e.g. Llama "
+                         "without attention_bias/mlp_bias); use method 'lora' or 'adapter' instead")
+    if spec.name == "lora":
+        _apply_lora(model, cfg)
+    elif spec.name == "adapter":
+        _apply_adapters(model, cfg)
+    elif spec.name == "prompt":
+        if cfg.init == "text" and cfg.token_ids is None:
+            raise ValueError("prompt init 'text' needs token_ids: tokenise the text with the model's tokenizer "
+                             "(minift.train does it for --prompt-text)")
+        model = PromptModel(model, SoftPrompt(cfg.length, model.get_input_embeddings(), cfg.init, cfg.token_ids))
     base = model.model if isinstance(model, PromptModel) else model
     for p in model.parameters():
         p.requires_grad_(False)
@@ -92,11 +67,11 @@ def apply(model: nn.Module, method: str, *, train_head: bool | None = None, **op
     if train_head and base.head is not None:
         for p in base.head.parameters():
             p.requires_grad_(True)
-    if method == "bitfit":
+    if spec.name == "bitfit":
         head_biases = bias_params(base.head) if base.head is not None else {}
         for p in [*bias_params(base.backbone).values(), *head_biases.values()]:
             p.requires_grad_(True)
-    model.peft_spec = PeftSpec(method, asdict(cfg), train_head)
+    model.peft_spec = Method(spec.name, cfg, train_head)
     return model
 
 
@@ -121,8 +96,9 @@ def _replace(parent_root: nn.Module, name: str, new: nn.Module) -> None:
     setattr(parent, child, new)
 
 
-def _apply_lora(model: nn.Module, cfg: LoRAConfig, family: str) -> None:
-    targets = cfg.targets or list(DEFAULT_TARGETS.get(family, ()))
+def _apply_lora(model: nn.Module, cfg: LoRAConfig) -> None:
+    family = model.family.model_type
+    targets = cfg.targets or list(model.family.lora_targets)
     if not targets:
         raise ValueError(f"no default LoRA targets for model type {family!r}; pass targets=[module names]")
     backbone = model.backbone
@@ -143,13 +119,16 @@ def _apply_lora(model: nn.Module, cfg: LoRAConfig, family: str) -> None:
         _replace(backbone, name, LoRALinear.from_linear(linear, cfg.r, cfg.alpha, cfg.dropout))
 
 
-def _apply_adapters(model: nn.Module, cfg: AdapterConfig, family: str) -> None:
-    if family not in ADAPTER_SITES:
-        raise ValueError(f"no adapter placement known for model type {family!r}; known: {sorted(ADAPTER_SITES)}")
+def _apply_adapters(model: nn.Module, cfg: AdapterConfig) -> None:
+    sites = model.family.adapter_sites
+    missing = [site for site in ADAPTER_PLACEMENTS[cfg.placement] if site not in sites]
+    if missing:
+        raise ValueError(f"model type {model.family.model_type!r} names no adapter site for {missing}; "
+                         f"its sites are {sorted(sites)}")
     size = cfg.bottleneck_size(model.config.hidden_size)
     for block in model.blocks:
-        for site in PLACEMENTS[cfg.placement]:
-            name = ADAPTER_SITES[family][site]
+        for site in ADAPTER_PLACEMENTS[cfg.placement]:
+            name = sites[site]
             linear = block.get_submodule(name)
             _replace(block, name, AdapterLinear.from_linear(linear, size, cfg.activation))
 
@@ -159,10 +138,10 @@ def peft_modules(model: nn.Module) -> dict[str, nn.Module]:
     return {name: m for name, m in model.named_modules() if callable(getattr(type(m), "adapter_params", None))}
 
 
-def find_peft_spec(model: nn.Module) -> PeftSpec | None:
-    """The ``PeftSpec`` recorded by ``apply`` on ``model``, or None."""
+def find_peft_spec(model: nn.Module) -> Method | None:
+    """The ``Method`` recorded by ``apply`` on ``model``, or None."""
     spec = model.__dict__.get("peft_spec")
-    return spec if isinstance(spec, PeftSpec) else None
+    return spec if isinstance(spec, Method) else None
 
 
 def trainable_parameters(model: nn.Module) -> dict[str, nn.Parameter]:

@@ -17,6 +17,7 @@ writing and swapped back afterwards, leaving the model as it was).
 from __future__ import annotations
 
 import json
+import re
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -54,7 +55,7 @@ def export_peft(model: nn.Module, folder: str | Path, base_model_name_or_path: s
     reproduce the model.
     """
     spec = find_peft_spec(model)
-    method = spec.method if spec else "none"
+    method = spec.name if spec else "none"
     if method not in ("lora", "prompt"):
         raise ValueError(f"export_peft writes LoRA adapters and decoder soft prompts; this model's PEFT method "
                          f"is {method!r}. Use save_trainable for minift's own format")
@@ -95,7 +96,9 @@ def _lora_export(model: nn.Module, options: dict) -> tuple[dict, dict]:
         # "dense" could also catch a head module that minift left alone
         "target_modules": targets,
         "modules_to_save": list(saved) or None,
-        "fan_in_fan_out": model.config.model_type == "gpt2",
+        # HF keeps these weights as Conv1D (in, out) (GPT-2's c_attn): peft must merge them transposed
+        "fan_in_fan_out": any(re.search(model.family.conv1d, t + ".weight") for t in targets)
+        if model.family.conv1d else False,
         "bias": "none",
         "init_lora_weights": True,
         "use_rslora": False,
@@ -184,7 +187,7 @@ def save_merged(model: nn.Module, folder: str | Path) -> Path:
     from minift.models import save_pretrained  # the models package writes the HF layout (key tables, transposes)
 
     spec = find_peft_spec(model)
-    if spec is not None and spec.method == "prompt":
+    if spec is not None and spec.name == "prompt":
         raise ValueError("a soft prompt cannot be merged into the base weights; save it with save_trainable "
                          "(or export the base model and prompt separately)")
     if any(isinstance(m, AdapterLinear) for m in model.modules()):

@@ -18,22 +18,14 @@ reproduces the trained model's outputs exactly. Files of version 1 (trainable te
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from minift.peft.apply import (
-    METHODS,
-    TRAINABLE_HEADS,
-    PeftSpec,
-    apply,
-    find_peft_spec,
-    make_config,
-    trainable_parameters,
-)
+from minift.peft.apply import apply, find_peft_spec, trainable_parameters
+from minift.peft.config import PEFT_METHODS, TRAINABLE_HEADS, Method, method_config
 from minift.peft.lora import LoRALinear
 from minift.peft.prompt import PromptModel
 
@@ -68,8 +60,8 @@ def save_trainable(model: nn.Module, folder: str | Path) -> Path:
     return folder
 
 
-def read_spec(folder: str | Path) -> tuple[PeftSpec, dict]:
-    """The ``PeftSpec`` and raw config saved in ``folder`` by ``save_trainable`` (validated)."""
+def read_spec(folder: str | Path) -> tuple[Method, dict]:
+    """The ``Method`` and raw config saved in ``folder`` by ``save_trainable`` (validated)."""
     path = Path(folder) / CONFIG_NAME
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: pass a folder written by minift.peft.save_trainable")
@@ -81,12 +73,12 @@ def read_spec(folder: str | Path) -> tuple[PeftSpec, dict]:
         raise ValueError(f"{path} is not a minift PEFT config (no \"format\": \"{FORMAT}\"); a peft "
                          "adapter_config.json is loaded with peft's PeftModel.from_pretrained instead")
     method = config.get("method")
-    if method not in METHODS:
-        raise ValueError(f"{path}: unknown method {method!r}; expected one of {sorted(METHODS)}")
+    if method not in PEFT_METHODS:
+        raise ValueError(f"{path}: unknown method {method!r}; expected one of {sorted(PEFT_METHODS)}")
     options = config.get("options") or {}
     if not isinstance(options, dict):
         raise TypeError(f"{path}: \"options\" must be an object, got {type(options).__name__}")
-    return PeftSpec(method, options, bool(config.get("train_head", True))), config
+    return Method(method, method_config(method, options), bool(config.get("train_head", True))), config
 
 
 def load_trainable(model: nn.Module, folder: str | Path) -> nn.Module:
@@ -103,8 +95,8 @@ def load_trainable(model: nn.Module, folder: str | Path) -> nn.Module:
                          f"{model.config.model_type!r}; load it onto the base model it was trained from")
     current = find_peft_spec(model)
     if current is None:
-        model = apply(model, spec.method, train_head=spec.train_head, **spec.options)
-    elif current.to_dict() != _normalised(spec).to_dict():
+        model = apply(model, spec)
+    elif current.to_dict() != spec.to_dict():
         raise ValueError(f"the model already has PEFT {current.to_dict()} but {folder} holds "
                          f"{spec.to_dict()}; load onto a fresh base model instead")
     path = folder / WEIGHTS_NAME
@@ -160,8 +152,3 @@ def _unmerged(model: nn.Module, name: str, p: nn.Parameter) -> torch.Tensor:
     if isinstance(owner, LoRALinear) and owner.merged and pname == "weight":
         return (p.detach().float() - owner.delta_weight()).to(p.dtype)
     return p.detach()
-
-
-def _normalised(spec: PeftSpec) -> PeftSpec:
-    """``spec`` with its options filled in and normalised by the method's config, as ``apply`` records them."""
-    return PeftSpec(spec.method, asdict(make_config(spec.method, spec.options)), spec.train_head)

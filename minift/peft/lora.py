@@ -13,48 +13,9 @@ same ``nn.Parameter`` objects), so swapping it into a model moves no checkpoint 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-# Targets when none are given: peft's defaults (TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING), i.e. the
-# attention query and value projections (GPT-2: the fused q/k/v ``c_attn``), as in the LoRA paper's Section 7.1.
-DEFAULT_TARGETS: dict[str, tuple[str, ...]] = {
-    "bert": ("query", "value"),
-    "roberta": ("query", "value"),
-    "gpt2": ("c_attn",),
-    "gpt_neo": ("q_proj", "v_proj"),
-    "llama": ("q_proj", "v_proj"),
-}
-
-
-@dataclass
-class LoRAConfig:
-    """Options of ``apply(model, "lora", ...)``."""
-
-    r: int = 8  # rank of the update
-    alpha: float = 16.0  # the update is scaled by alpha / r
-    dropout: float = 0.0  # dropout on the LoRA path's input
-    targets: list[str] | None = None  # module names (a name or a dotted suffix, e.g. "query", "attn.c_attn");
-    #                                   None: the family's DEFAULT_TARGETS
-
-    def __post_init__(self):
-        if not isinstance(self.r, int) or isinstance(self.r, bool) or self.r < 1:
-            raise ValueError(f"LoRA r must be a positive integer, got {self.r!r}")
-        if not isinstance(self.alpha, (int, float)) or isinstance(self.alpha, bool) or self.alpha <= 0:
-            raise ValueError(f"LoRA alpha must be a positive number, got {self.alpha!r}")
-        self.alpha = float(self.alpha)
-        if not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"LoRA dropout must be a number in [0, 1), got {self.dropout!r}")
-        if isinstance(self.targets, str):
-            self.targets = [t.strip() for t in self.targets.split(",") if t.strip()]
-        if self.targets is not None:
-            if not self.targets or not all(isinstance(t, str) and t for t in self.targets):
-                raise ValueError(f"LoRA targets must be a non-empty list of module names, got {self.targets!r}")
-            self.targets = list(self.targets)
-
 
 class LoRALinear(nn.Linear):
     """An ``nn.Linear`` with a trainable rank-``r`` update on a side path.

@@ -20,36 +20,12 @@ positions removed, ``(B, T, ...)``, aligned with the caller's ``input_ids`` and 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
-PROMPT_INITS = ("random", "vocab", "text")
+from minift.peft.config import PROMPT_INITS
+
 PER_TOKEN_HEADS = (None, "token-classification", "causal-lm")
-
-
-@dataclass
-class PromptConfig:
-    """Options of ``apply(model, "prompt", ...)``."""
-
-    num_virtual_tokens: int = 20  # n, the number of soft-prompt vectors
-    init: str = "random"  # "random" (uniform [-0.5, 0.5], the paper's), "vocab" (sampled token embeddings), "text"
-    token_ids: list[int] | None = None  # init="text": token ids of the text, repeated / cut to n (tokenise first)
-
-    def __post_init__(self):
-        n = self.num_virtual_tokens
-        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-            raise ValueError(f"num_virtual_tokens must be a positive integer, got {n!r}")
-        if self.init not in PROMPT_INITS:
-            raise ValueError(f"unknown prompt init {self.init!r}; choose one of {PROMPT_INITS}")
-        if (self.init == "text") != (self.token_ids is not None):
-            raise ValueError("init='text' needs token_ids=[...] (the tokenised text), and token_ids only "
-                             f"makes sense with init='text'; got init={self.init!r}, token_ids={self.token_ids!r}")
-        if self.token_ids is not None:
-            if not self.token_ids or not all(isinstance(t, int) and not isinstance(t, bool) for t in self.token_ids):
-                raise ValueError(f"token_ids must be a non-empty list of ints, got {self.token_ids!r}")
-            self.token_ids = list(self.token_ids)
 
 
 class SoftPrompt(nn.Module):

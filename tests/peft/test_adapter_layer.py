@@ -3,7 +3,8 @@ import pytest
 import torch
 from torch import nn
 
-from minift.peft.adapter import AdapterConfig, AdapterLinear, Bottleneck, adapter_param_count
+from minift.peft.adapter import AdapterLinear, Bottleneck, adapter_param_count
+from minift.peft.config import AdapterConfig
 
 
 def test_identity_at_init_and_keys_do_not_move():
@@ -51,11 +52,11 @@ def test_gradients_reach_the_adapter_when_base_frozen():
 def test_reduction_factor_gives_the_size():
     assert AdapterConfig(reduction_factor=16).bottleneck_size(768) == 48
     assert AdapterConfig(size=8).bottleneck_size(768) == 8
+    assert AdapterConfig().bottleneck_size(768) == 64  # minift.train's default adapter size
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({}, "exactly one"),
-    ({"size": 8, "reduction_factor": 16}, "exactly one"),
+    ({"size": 8, "reduction_factor": 16}, "not both"),
     ({"size": 0}, "positive integer"),
     ({"reduction_factor": -2}, "positive"),
     ({"size": 8, "placement": "middle"}, "placement"),

@@ -64,11 +64,12 @@ def test_state_dict_keys_keep_the_base_keys(tmp_path):
 
 
 @pytest.mark.parametrize("call, message", [
-    (lambda m: apply(m, "ia3"), "unknown PEFT method 'ia3'"),
+    (lambda m: apply(m, "ia3"), "unknown fine-tuning method 'ia3'"),
+    (lambda m: apply(m, "full"), "not a PEFT method"),
     (lambda m: apply(m, "lora", rank=4), r"unknown option\(s\) \['rank'\]"),
     (lambda m: apply(m, "lora", targets=["nonexistent"]), "matches no module.*query"),
     (lambda m: apply(m, "lora", targets=["LayerNorm"]), "not nn.Linear"),
-    (lambda m: apply(m, "adapter"), "exactly one of adapter size"),
+    (lambda m: apply(m, "adapter", size=4, reduction_factor=2), "size or reduction_factor, not both"),
     (lambda m: apply(m, "prompt", init="text"), "token_ids"),
     (lambda m: apply(m, "prompt", init="text", token_ids=[5, 1000]), "outside the vocabulary"),
     (lambda m: apply(m, "bitfit", train_head="yes"), "train_head"),
@@ -93,7 +94,7 @@ def test_bitfit_needs_biases_and_tied_lm_head_cannot_train(tmp_path):
         apply(make_tiny(tmp_path, "gpt2", "causal-lm").load(), "lora", train_head=True)
 
 
-@pytest.mark.parametrize("method, opts", [("adapter", {"size": 4}), ("prompt", {"num_virtual_tokens": 2})])
+@pytest.mark.parametrize("method, opts", [("adapter", {"size": 4}), ("prompt", {"length": 2})])
 def test_save_merged_refuses_unmergeable_methods(tmp_path, method, opts):
     model = apply(make_tiny(tmp_path, "bert", "classification").load(), method, **opts)
     with pytest.raises(ValueError, match="cannot be merged"):
@@ -130,7 +131,7 @@ def test_load_trainable_names_mismatched_tensors(tmp_path):
 
 def test_prompt_wrapper_stands_in_for_the_model(tmp_path):
     base = make_tiny(tmp_path, "bert", "token-classification").load()
-    model = apply(base, "prompt", num_virtual_tokens=3)
+    model = apply(base, "prompt", length=3)
     assert isinstance(model, PromptModel) and model.model is base
     assert model.head_kind == "token-classification" and model.config is base.config and not model.is_decoder
     model.gradient_checkpointing = True
@@ -153,7 +154,7 @@ def test_prompt_extends_token_type_ids(tmp_path):
     """BERT with a second segment: the prompt (segment 0) sits after [CLS]; equals the base fed the prompt tokens."""
     base = make_tiny(tmp_path, "bert", "classification").load()
     ids = [7, 8]
-    model = apply(base, "prompt", num_virtual_tokens=2, init="text", token_ids=ids)
+    model = apply(base, "prompt", length=2, init="text", token_ids=ids)
     b = batch("bert")
     types = torch.zeros_like(b["input_ids"])
     types[:, 4:] = 1
@@ -171,9 +172,9 @@ def test_prompt_extends_token_type_ids(tmp_path):
 def test_prompt_inits(tmp_path):
     base = make_tiny(tmp_path, "gpt2", "causal-lm").load()
     emb = base.get_input_embeddings().weight
-    random = apply(make_tiny(tmp_path, "gpt2", "causal-lm").load(), "prompt", num_virtual_tokens=50).prompt.embedding
+    random = apply(make_tiny(tmp_path, "gpt2", "causal-lm").load(), "prompt", length=50, init="random").prompt.embedding
     assert random.abs().max() <= 0.5 and random.std() > 0.2  # uniform [-0.5, 0.5] (Lester et al. 2021)
-    vocab = apply(base, "prompt", num_virtual_tokens=6, init="vocab").prompt.embedding
+    vocab = apply(base, "prompt", length=6, init="vocab").prompt.embedding
     assert all(any(torch.equal(row, e) for e in emb) for row in vocab)  # every row is some token's embedding
 
 
@@ -198,13 +199,13 @@ def test_load_trainable_into_a_merged_model(tmp_path):
 
 
 def test_prompt_too_long_names_the_virtual_tokens(tmp_path):
-    model = apply(make_tiny(tmp_path, "gpt2", "classification").load(), "prompt", num_virtual_tokens=10)
+    model = apply(make_tiny(tmp_path, "gpt2", "classification").load(), "prompt", length=10)
     with pytest.raises(ValueError, match="adds 10 virtual tokens to the 60 input tokens"):
         model(input_ids=torch.randint(4, 100, (1, 60)))
 
 
 @pytest.mark.parametrize("method, opts", [("lora", {"r": 4, "dropout": 0.1}), ("adapter", {"size": 4}),
-                                          ("prompt", {"num_virtual_tokens": 3})])
+                                          ("prompt", {"length": 3})])
 def test_gradient_checkpointing_gives_the_same_gradients(tmp_path, method, opts):
     tiny = make_tiny(tmp_path, "gpt2", "classification")
     b = batch("gpt2")

@@ -7,7 +7,7 @@ from peft_tiny import batch, make_tiny
 from minift.models import load_pretrained
 from minift.peft import apply, merge, trainable_parameters
 
-OPTIONS = {"lora": {"r": 4}, "adapter": {"size": 8}, "bitfit": {}, "prompt": {"num_virtual_tokens": 4}}
+OPTIONS = {"lora": {"r": 4}, "adapter": {"size": 8}, "bitfit": {}, "prompt": {"length": 4}}
 
 
 @pytest.mark.cuda

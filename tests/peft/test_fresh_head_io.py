@@ -39,9 +39,9 @@ def trained(folder, method: str, seed: int, **options):
 @pytest.mark.parametrize("family, method, options", [
     ("bert", "bitfit", {}),
     ("bert", "lora", {"r": 2}),
-    ("bert", "prompt", {"num_virtual_tokens": 3}),
+    ("bert", "prompt", {"length": 3}),
     ("llama", "lora", {"r": 2}),
-    ("llama", "prompt", {"num_virtual_tokens": 3}),
+    ("llama", "prompt", {"length": 3}),
 ])
 def test_frozen_fresh_head_is_saved_and_restored(tmp_path, family, method, options):
     folder = bare_checkpoint(tmp_path, family)

@@ -19,7 +19,7 @@ OPTIONS = {
     "lora": {"r": 4, "alpha": 8, "dropout": 0.1},
     "adapter": {"size": 8, "activation": "gelu"},
     "bitfit": {},
-    "prompt": {"num_virtual_tokens": N_VIRTUAL, "init": "text", "token_ids": PROMPT_IDS},
+    "prompt": {"length": N_VIRTUAL, "init": "text", "token_ids": PROMPT_IDS},
 }
 CASES = [(f, h) for f in ENCODERS for h in ("classification", "token-classification")] + [
     (f, h) for f in ("gpt2", "gpt_neo", "llama") for h in ("classification", "causal-lm")]

@@ -5,7 +5,8 @@ import pytest
 import torch
 from torch import nn
 
-from minift.peft.lora import LoRAConfig, LoRALinear
+from minift.peft.config import LoRAConfig
+from minift.peft.lora import LoRALinear
 
 
 def _lora(in_f=32, out_f=24, r=4, alpha=8.0, dropout=0.0, bias=True):

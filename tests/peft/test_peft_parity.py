@@ -90,7 +90,7 @@ def test_prompt_tuning_matches_peft(tmp_path, family):
     n = 5
     reference = peft.get_peft_model(tiny.hf, peft.PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=n))
     reference.eval()
-    ours = apply(tiny.load(), "prompt", num_virtual_tokens=n)
+    ours = apply(tiny.load(), "prompt", length=n)
     with torch.no_grad():
         ours.prompt.embedding.copy_(reference.prompt_encoder["default"].embedding.weight)
     b = batch(family)
@@ -121,7 +121,7 @@ def test_save_merged_folder_loads_in_transformers(tmp_path, family, head, cls):
 def test_exported_prompt_loads_in_peft_with_the_same_logits(tmp_path, family, head):
     tiny = make_tiny(tmp_path, family, head)
     n = 3
-    ours = apply(tiny.load(), "prompt", num_virtual_tokens=n)
+    ours = apply(tiny.load(), "prompt", length=n)
     _randomise(ours)
     loaded = peft.PeftModel.from_pretrained(tiny.hf, export_peft(ours, tmp_path / "exported")).eval()
     # transformers' decoder classifiers pool the last non-pad *id*, which inputs_embeds (how peft feeds the
@@ -135,6 +135,6 @@ def test_exported_prompt_loads_in_peft_with_the_same_logits(tmp_path, family, he
 
 
 def test_encoder_prompt_export_is_refused(tmp_path):
-    ours = apply(make_tiny(tmp_path, "bert", "classification").load(), "prompt", num_virtual_tokens=3)
+    ours = apply(make_tiny(tmp_path, "bert", "classification").load(), "prompt", length=3)
     with pytest.raises(ValueError, match="after \\[CLS\\]"):
         export_peft(ours, tmp_path / "exported")
