@@ -91,12 +91,18 @@ class LlamaMLP(nn.Module):
 
 
 class LlamaDecoderLayer(nn.Module):
-    """Pre-norm block: ``x + attn(norm(x))`` then ``x + mlp(norm(x))``."""
+    """Pre-norm block: ``x + attn(norm(x))`` then ``x + mlp(norm(x))``.
 
-    def __init__(self, config: ModelConfig) -> None:
+    ``window``: the sliding-window span of this layer's causal attention (Mistral, Qwen2), or None (global).
+    """
+
+    attention_class = LlamaAttention  # Qwen2 swaps in its attention (q/k/v biases)
+
+    def __init__(self, config: ModelConfig, window: int | None = None) -> None:
         super().__init__()
+        self.window = window
         self.input_layernorm = LlamaRMSNorm(config.hidden_size, config.layer_norm_eps)
-        self.self_attn = LlamaAttention(config)
+        self.self_attn = self.attention_class(config)
         self.post_attention_layernorm = LlamaRMSNorm(config.hidden_size, config.layer_norm_eps)
         self.mlp = LlamaMLP(config)
 
@@ -108,18 +114,27 @@ class LlamaDecoderLayer(nn.Module):
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
+def layer_windows(config: ModelConfig) -> list[int | None]:
+    """Each layer's sliding-window span: ``window_size`` for the layers ``attention_layers`` marks "local", None
+    (global causal attention) for the others and for every layer of a config without ``attention_layers``."""
+    kinds = config.attention_layers or ["global"] * config.num_layers
+    return [config.window_size if kind == "local" else None for kind in kinds]
+
+
 class LlamaModel(nn.Module):
     """The Llama backbone (HF ``LlamaModel``): embeddings, decoder layers, final RMSNorm.
 
     Args:
-        config: a llama ``ModelConfig``.
+        config: a llama-style ``ModelConfig`` (sliding-window layers from ``attention_layers`` / ``window_size``).
     """
+
+    layer_class = LlamaDecoderLayer  # Qwen2 swaps in its layer
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.layers = nn.ModuleList(LlamaDecoderLayer(config) for _ in range(config.num_layers))
+        self.layers = nn.ModuleList(self.layer_class(config, window) for window in layer_windows(config))
         self.norm = LlamaRMSNorm(config.hidden_size, config.layer_norm_eps)
         self.rotary_emb = RotaryEmbedding(
             config.head_dim, config.rope_theta, config.rope_scaling, config.max_position_embeddings
@@ -156,9 +171,10 @@ class LlamaModel(nn.Module):
         if position_ids is None:
             position_ids = torch.arange(T, device=x.device)  # (T,)
         cos, sin = self.rotary_emb(position_ids, x.dtype)  # (T, hs) or (B, T, hs)
-        mask = build_mask(attention_mask, T, causal=True, device=x.device)  # (B, 1, T, T) or None
+        masks = {window: build_mask(attention_mask, T, causal=True, window=window, device=x.device)
+                 for window in {layer.window for layer in self.layers}}  # (B, 1, T, T), (T, T) or None
         for layer in self.layers:
-            x = run_block(layer, self.gradient_checkpointing, x, cos, sin, mask)
+            x = run_block(layer, self.gradient_checkpointing, x, cos, sin, masks[layer.window])
         return self.norm(x)
 
 

@@ -28,6 +28,8 @@ FAMILIES: dict[str, str] = {
     "gpt2": "minift.models.gpt2",
     "gpt_neo": "minift.models.gpt_neo",
     "llama": "minift.models.llama",
+    "qwen2": "minift.models.qwen2",
+    "mistral": "minift.models.mistral",
 }
 HEAD_KINDS = ("classification", "regression", "token-classification", "causal-lm")
 
