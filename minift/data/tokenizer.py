@@ -37,10 +37,17 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
         from minift.models.gguf import load_gguf_tokenizer  # lazily: gguf is an optional extra
 
         return load_gguf_tokenizer(path)
+    if path.is_file():
+        raise DataError(f"{path} is a file, not a model folder: pass the Hugging Face folder that holds config.json, "
+                        "the weights and the tokenizer files (or a .gguf file)")
     if not path.is_dir():
         raise DataError(f"tokenizer not found: {path} is neither a model folder nor a .gguf file")
     if (path / "tokenizer.json").exists():
-        tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
+        try:
+            tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
+        except Exception as err:  # the tokenizers library raises its own Exception subclass for bad files
+            raise DataError(f"{path / 'tokenizer.json'} cannot be read ({err}); the file is truncated or corrupt: "
+                            "copy it again from the model's Hugging Face repository") from None
         tokenizer.no_padding()
         tokenizer.no_truncation()
         return tokenizer

@@ -136,9 +136,9 @@ def test_custom_file_tasks(tmp_path):
     assert {k: len(v) for k, v in task.splits.items()} == {"train": 18, "test": 2}
     csv_path.write_text("text,label\n" + "\n".join(rows) + "\nlast row,spam,extra\n")
     _expect(csv_path, 22, "expected 2 columns, found 3", lambda: load_task(f"file:{csv_path}"))
-    csv_path.write_text("sentence,label\na,1\n")
+    csv_path.write_text("sentence,label\na,1\nb,0\n")
     _expect(csv_path, 1, "lacks the column.*'text'", lambda: load_task(f"file:{csv_path}"))
-    assert load_task(f"file:{csv_path},{csv_path}", text_column="sentence").label_names == ["1"]
+    assert load_task(f"file:{csv_path},{csv_path}", text_column="sentence").label_names == ["0", "1"]
 
 
 def test_custom_train_test_files_regression_and_unknown_label(tmp_path):
@@ -177,3 +177,57 @@ def test_custom_pair_columns_and_explicit_kind(tmp_path):
     assert task.kind == "regression" and task.splits["test"][2].label == 2.0
     with pytest.raises(DataError, match="kind must be"):
         load_task(f"file:{path}", text_column="a", label_column="score", kind="ranking")
+
+
+def _file_task_error(path, pattern):
+    with pytest.raises(DataError) as err:
+        load_task(f"file:{path}")
+    assert re.search(pattern, str(err.value)), str(err.value)
+    return str(err.value)
+
+
+def test_mostly_numeric_labels_with_a_typo_name_the_rows(tmp_path):
+    path = tmp_path / "scores.csv"
+    rows = [f"text {i},{i * 0.37:.2f}" for i in range(40)] + ["oops,n/a"]
+    path.write_text("text,label\n" + "\n".join(rows) + "\n")
+    message = _file_task_error(path, r"40 of 41 labels are numbers but 1 are not \(scores.csv:42 'n/a'\)")
+    assert "--task-kind regression" in message and "--task-kind classification" in message
+    assert load_task(f"file:{path}", kind="classification").num_labels == 41  # said explicitly: allowed
+
+
+def test_empty_label_and_single_class_are_errors(tmp_path):
+    path = tmp_path / "empty.csv"
+    path.write_text("text,label\na,pos\nb,\nc,neg\n")
+    _expect(path, 3, "empty label in column 'label'", lambda: load_task(f"file:{path}"))
+    path.write_text("text,label\n" + "".join(f"t{i},pos\n" for i in range(10)))
+    _file_task_error(path, r"every training row has the label 'pos'.*at least two classes.*--label-column")
+
+
+@pytest.mark.parametrize("content, suffix, pattern", [
+    ("text\tlabel\na\t0\nb\t1\n", ".csv", r"tab-separated, not comma-separated: rename it to \.tsv"),
+    ('{"text": "a", "label": 0}\n{"text": "b", "label": 1}\n', ".csv", r"JSON lines, not CSV: rename it to \.jsonl"),
+    ("I loved this film,1\nterrible acting,0\n", ".csv", r"is not a header.*need a first row naming the columns"),
+])
+def test_misnamed_or_headerless_files_say_what_they_are(tmp_path, content, suffix, pattern):
+    path = tmp_path / f"data{suffix}"
+    path.write_text(content)
+    _file_task_error(path, pattern)
+
+
+def test_a_comma_in_an_existing_file_path_is_one_file(tmp_path):
+    path = tmp_path / "reviews, 2024.csv"
+    path.write_text("text,label\n" + "".join(f"t{i},{i % 2}\n" for i in range(20)))
+    task = load_task(f"file:{path}")
+    assert sum(len(v) for v in task.splits.values()) == 20
+
+
+def test_corrupt_tokenizer_json_and_a_file_given_as_folder(tmp_path):
+    from minift.data import load_tokenizer
+
+    (tmp_path / "tokenizer.json").write_text('{"version": "1.0", "model": ')
+    with pytest.raises(DataError, match="tokenizer.json cannot be read.*truncated or corrupt"):
+        load_tokenizer(tmp_path)
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(b"\0" * 16)
+    with pytest.raises(DataError, match="is a file, not a model folder"):
+        load_tokenizer(weights)
