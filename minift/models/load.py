@@ -146,8 +146,10 @@ def read_config(folder: Path) -> ModelConfig:
         raise ModelLoadError(f"model folder {folder} does not exist; pass a Hugging Face checkpoint folder "
                              "(config.json + model.safetensors) or a .gguf file")
     if not folder.is_dir():
+        pickled = folder.suffix in (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+        hint = " (minift never unpickles files: save the model as safetensors)" if pickled else ""
         raise ModelLoadError(f"{folder} is a file, not a model folder; pass the folder holding config.json "
-                             "and model.safetensors, or a .gguf file")
+                             f"and model.safetensors, or a .gguf file{hint}")
     file = folder / "config.json"
     if not file.is_file():
         raise ModelLoadError(f"{folder} has no config.json; a Hugging Face model folder needs config.json "
