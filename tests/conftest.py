@@ -1,8 +1,15 @@
-"""Shared fixtures: seeds, dtype restore, and the real assets (MiniLM, SmolLM2 GGUF, ../shared/data)."""
+"""Shared fixtures: seeds, dtype restore, tiny models (from ``kit.py``), and the real assets (MiniLM, SmolLM2 GGUF,
+../shared/data).
+
+``kit.py`` sits beside this file; ``pythonpath = tests`` in setup.cfg puts this folder on ``sys.path``, so any
+test (or helper module) can ``import kit`` as well as use the fixtures below.
+"""
 import importlib.util
+import itertools
 import os
 from pathlib import Path
 
+import kit
 import pytest
 import torch
 
@@ -15,6 +22,29 @@ def _seed_and_restore_dtype():
     dtype = torch.get_default_dtype()
     yield
     torch.set_default_dtype(dtype)
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    """Factory ``tiny(family, head=None, **kwargs) -> kit.Tiny``: a tiny random transformers checkpoint of
+    ``family`` with ``head`` saved under ``tmp_path`` (``.hf``, ``.folder``, ``.head``, ``.load()``).
+
+    ``kwargs``: ``num_labels``, ``head_std``, ``model_kwargs``, ``max_shard_size``, ``seed`` and transformers
+    config overrides (see ``kit.make_tiny`` and ``kit.hf_model``). Every call gets its own folder.
+    """
+    made = itertools.count()
+
+    def make(family, head=None, **kwargs):
+        return kit.make_tiny(tmp_path / f"tiny{next(made)}", family, head, **kwargs)
+
+    return make
+
+
+@pytest.fixture
+def tiny_batch():
+    """``kit.batch``: ``tiny_batch(family, B=3, T=10, padding="right"|"left"|"mixed"|None, vocab=100, head=None)``
+    → ``{"input_ids", "attention_mask"[, "labels"]}`` with padding in rows 1 and 2."""
+    return kit.batch
 
 
 def _package_dir(name):
