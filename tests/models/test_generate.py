@@ -4,31 +4,17 @@ from __future__ import annotations
 
 import pytest
 import torch
-import transformers
 
-from minift.models import load_pretrained
 from minift.models.generate import greedy_generate
 
 VOCAB = 100
+FAMILIES = ["llama", "gpt2"]
 
 
-def _llama(tmp_path):
-    config = transformers.LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-                                      bos_token_id=None, eos_token_id=None, pad_token_id=0)
-    return transformers.LlamaForCausalLM(config).eval()
-
-
-def _gpt2(tmp_path):
-    config = transformers.GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=64,
-                                     bos_token_id=None, eos_token_id=None, pad_token_id=0)
-    return transformers.GPT2LMHeadModel(config).eval()
-
-
-def _pair(make, tmp_path):
-    hf = make(tmp_path)
-    hf.save_pretrained(tmp_path, safe_serialization=True)
-    return hf, load_pretrained(tmp_path)
+def _pair(tiny, family):
+    """(transformers model, minift model) of a tiny decoder without bos/eos ids, so that nothing stops early."""
+    t = tiny(family, "causal-lm", bos_token_id=None, eos_token_id=None, pad_token_id=0)
+    return t.hf, t.load()
 
 
 def _hf_greedy(hf, ids, n, mask=None):
@@ -37,33 +23,30 @@ def _hf_greedy(hf, ids, n, mask=None):
     return out
 
 
-@pytest.mark.parametrize("make", [_llama, _gpt2], ids=["llama", "gpt2"])
-def test_greedy_matches_transformers(tmp_path, make):
-    hf, ours = _pair(make, tmp_path)
+@pytest.mark.parametrize("family", FAMILIES)
+def test_greedy_matches_transformers(tiny, family):
+    hf, ours = _pair(tiny, family)
     ids = torch.randint(3, VOCAB, (2, 7))
     got = greedy_generate(ours, ids, max_new_tokens=6)
     assert got.shape == (2, 13) and torch.equal(got[:, :7], ids)
     assert torch.equal(got, _hf_greedy(hf, ids, 6))
 
 
-@pytest.mark.parametrize("make", [_llama, _gpt2], ids=["llama", "gpt2"])
-def test_left_padded_batch_matches_transformers(tmp_path, make):
+@pytest.mark.parametrize("family", FAMILIES)
+def test_left_padded_batch_matches_transformers(tiny, tiny_batch, family):
     """transformers derives position ids from the mask; our packing gives GPT-2 the same positions."""
-    hf, ours = _pair(make, tmp_path)
-    ids = torch.randint(3, VOCAB, (3, 8))
-    mask = torch.ones_like(ids)
-    mask[1, :3] = 0
-    mask[2, :5] = 0
-    ids = ids.masked_fill(mask == 0, 0)
+    hf, ours = _pair(tiny, family)
+    b = tiny_batch(family, T=8, padding="left")  # rows 1 and 2 start with 3 and 5 pad ids (0)
+    ids, mask = b["input_ids"], b["attention_mask"]
     got = greedy_generate(ours, ids, max_new_tokens=5, attention_mask=mask)
     assert torch.equal(got[:, 8:], _hf_greedy(hf, ids, 5, mask)[:, 8:])
     alone = greedy_generate(ours, ids[2:, 5:], max_new_tokens=5)  # the same prompt without padding
     assert torch.equal(got[2, 8:], alone[0, 3:])
 
 
-@pytest.mark.parametrize("make", [_llama, _gpt2], ids=["llama", "gpt2"])
-def test_right_padding_continues_each_row(tmp_path, make):
-    _, ours = _pair(make, tmp_path)
+@pytest.mark.parametrize("family", FAMILIES)
+def test_right_padding_continues_each_row(tiny, family):
+    _, ours = _pair(tiny, family)
     ids = torch.randint(3, VOCAB, (2, 6))
     mask = torch.tensor([[1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1]])
     got = greedy_generate(ours, ids, max_new_tokens=4, attention_mask=mask)
@@ -73,8 +56,8 @@ def test_right_padding_continues_each_row(tmp_path, make):
     assert torch.equal(got[1:], greedy_generate(ours, ids[1:], max_new_tokens=4))
 
 
-def test_eos_stops_and_pads(tmp_path):
-    _, ours = _pair(_llama, tmp_path)
+def test_eos_stops_and_pads(tiny):
+    _, ours = _pair(tiny, "llama")
     ids = torch.randint(3, VOCAB, (2, 5))
     free = greedy_generate(ours, ids, max_new_tokens=6)
     eos = int(free[0, 6])  # row 0's second new token
@@ -90,8 +73,8 @@ def test_eos_stops_and_pads(tmp_path):
     assert got.shape[1] == max(ends)  # stops once every row has finished
 
 
-def test_zero_tokens_and_bad_input(tmp_path):
-    _, ours = _pair(_llama, tmp_path)
+def test_zero_tokens_and_bad_input(tiny):
+    _, ours = _pair(tiny, "llama")
     ids = torch.randint(3, VOCAB, (1, 4))
     assert torch.equal(greedy_generate(ours, ids, 0), ids)
     with pytest.raises(ValueError, match="input_ids must be"):

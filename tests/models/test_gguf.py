@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 
+import kit
 import numpy as np
 import pytest
 import torch
@@ -16,9 +17,8 @@ from minift.models.gguf import load_gguf, load_gguf_tokenizer, permute_qk, unper
 
 gguf = pytest.importorskip("gguf")
 
-LLAMA = {"vocab_size": 300, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-         "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 64, "rms_norm_eps": 1e-5,
-         "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 2}
+# the kit's tiny Llama with room for the trained tokenizer's 300 tokens, and llama.cpp's special ids
+LLAMA = {"vocab_size": 300, "rms_norm_eps": 1e-5, "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 2}
 HF_TO_GGUF = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
               "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
               "mlp.down_proj": "ffn_down", "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm"}
@@ -108,12 +108,13 @@ def write_gguf(hf_model, path, tokenizer, quant: str = "F32", rope_freqs: torch.
     w.close()
 
 
+def _llama(**overrides):
+    return kit.hf_model("llama", "causal-lm", **LLAMA, **overrides)
+
+
 def _batch():
-    ids = torch.randint(3, LLAMA["vocab_size"], (3, 10))
-    mask = torch.ones_like(ids)
-    mask[1, 7:] = 0
-    mask[2, :3] = 0
-    return ids, mask
+    b = kit.batch("llama", vocab=LLAMA["vocab_size"], padding="mixed")  # row 1 right-, row 2 left-padded
+    return b["input_ids"], b["attention_mask"]
 
 
 def test_permutation_matches_llama_cpp_and_inverts():
@@ -127,7 +128,7 @@ def test_permutation_matches_llama_cpp_and_inverts():
 
 @pytest.mark.parametrize(("tie", "quant"), [(False, "F32"), (True, "F32"), (False, "Q8_0")])
 def test_tiny_gguf_matches_transformers(tmp_path, tie, quant):
-    hf = transformers.LlamaForCausalLM(transformers.LlamaConfig(**LLAMA, tie_word_embeddings=tie)).eval()
+    hf = _llama(tie_word_embeddings=tie)
     path = tmp_path / "tiny.gguf"
     write_gguf(hf, path, _train_tokenizer(), quant)
     ours = load_pretrained(path)  # load_pretrained dispatches .gguf to load_gguf
@@ -152,9 +153,8 @@ def test_gguf_llama3_rope_freqs(tmp_path):
 
     rope = {"rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0, "low_freq_factor": 1.0,
             "high_freq_factor": 4.0, "original_max_position_embeddings": 16}
-    config = transformers.LlamaConfig(**LLAMA, rope_parameters=rope)
-    hf = transformers.LlamaForCausalLM(config).eval()
-    scaled, _ = ROPE_INIT_FUNCTIONS["llama3"](config, "cpu")
+    hf = _llama(rope_parameters=rope)
+    scaled, _ = ROPE_INIT_FUNCTIONS["llama3"](hf.config, "cpu")
     base = 1.0 / (10000.0 ** (torch.arange(0, 8, 2).float() / 8))
     assert not torch.allclose(scaled, base)
     write_gguf(hf, tmp_path / "tiny.gguf", _train_tokenizer(), rope_freqs=base / scaled)
@@ -175,7 +175,7 @@ def test_gguf_package_missing_is_a_clear_error(tmp_path, monkeypatch):
 
 
 def test_gguf_classification_head_is_fresh(tmp_path):
-    hf = transformers.LlamaForCausalLM(transformers.LlamaConfig(**LLAMA))
+    hf = _llama()
     write_gguf(hf, tmp_path / "tiny.gguf", _train_tokenizer())
     model = load_gguf(tmp_path / "tiny.gguf", head="classification", num_labels=3)
     assert model.fresh_keys == ["score.weight"] and model.skipped_keys == ["lm_head.weight"]
@@ -184,7 +184,7 @@ def test_gguf_classification_head_is_fresh(tmp_path):
 
 
 def test_gguf_dtype(tmp_path):
-    hf = transformers.LlamaForCausalLM(transformers.LlamaConfig(**LLAMA))
+    hf = _llama()
     write_gguf(hf, tmp_path / "tiny.gguf", _train_tokenizer())
     model = load_gguf(tmp_path / "tiny.gguf", dtype="bfloat16")
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
@@ -192,7 +192,7 @@ def test_gguf_dtype(tmp_path):
 
 def test_gguf_tokenizer_reproduces_original(tmp_path):
     original = _train_tokenizer()
-    hf = transformers.LlamaForCausalLM(transformers.LlamaConfig(**LLAMA))
+    hf = _llama()
     write_gguf(hf, tmp_path / "tiny.gguf", original)
     tok = load_gguf_tokenizer(tmp_path / "tiny.gguf")
     reference = transformers.AutoTokenizer.from_pretrained(tmp_path, gguf_file="tiny.gguf")
@@ -211,7 +211,7 @@ def test_gguf_errors(tmp_path):
     bad.write_bytes(b"GGUF" + b"\x00" * 7)
     with pytest.raises(CheckpointError, match="truncated or not a GGUF"):
         load_gguf(bad)
-    hf = transformers.LlamaForCausalLM(transformers.LlamaConfig(**LLAMA))
+    hf = _llama()
     path = tmp_path / "tiny.gguf"
     write_gguf(hf, path, _train_tokenizer())
     truncated = tmp_path / "truncated.gguf"
@@ -249,7 +249,7 @@ def _sentencepiece_metadata(w) -> None:
 
 
 def test_gguf_sentencepiece_tokenizer_matches_transformers(tmp_path):
-    hf = transformers.LlamaForCausalLM(transformers.LlamaConfig(**LLAMA))
+    hf = _llama()
     write_gguf(hf, tmp_path / "spm.gguf", _sentencepiece_metadata)
     tok = load_gguf_tokenizer(tmp_path / "spm.gguf")
     reference = transformers.AutoTokenizer.from_pretrained(tmp_path, gguf_file="spm.gguf")

@@ -1,24 +1,20 @@
 """Bad input to load_pretrained: each a clear error naming the problem."""
 import json
 
+import kit
 import pytest
 import torch
-import transformers
 from safetensors.torch import load_file, save_file
 
 from minift.models import CheckpointError, ConfigError, ModelLoadError, load_pretrained
 
-TINY = {"vocab_size": 100, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
-        "intermediate_size": 37, "max_position_embeddings": 40}
-
 
 @pytest.fixture
-def folder(tmp_path):
-    """A valid tiny BertForSequenceClassification checkpoint (3 labels) to break."""
-    model = transformers.BertForSequenceClassification(transformers.BertConfig(**TINY, num_labels=3))
-    model.save_pretrained(tmp_path, safe_serialization=True)
-    load_pretrained(tmp_path, head="classification")  # sanity: it loads before we break it
-    return tmp_path
+def folder(tiny):
+    """A valid tiny BertForSequenceClassification checkpoint (3 labels, intermediate size 64) to break."""
+    t = tiny("bert", "classification", num_labels=3)
+    t.load()  # sanity: it loads before we break it
+    return t.folder
 
 
 def rewrite_weights(folder, edit):
@@ -26,12 +22,6 @@ def rewrite_weights(folder, edit):
     tensors = load_file(str(file))
     edit(tensors)
     save_file(tensors, str(file), metadata={"format": "pt"})
-
-
-def edit_config(folder, **changes):
-    config = json.loads((folder / "config.json").read_text())
-    config.update(changes)
-    (folder / "config.json").write_text(json.dumps(config))
 
 
 def test_missing_folder(tmp_path):
@@ -62,7 +52,7 @@ def test_config_not_json(folder):
 
 
 def test_unknown_model_type(folder):
-    edit_config(folder, model_type="t5")
+    kit.edit_config(folder, model_type="t5")
     with pytest.raises(ConfigError, match=r"config.json: unknown model_type 't5'; supported: bert, roberta"):
         load_pretrained(folder)
 
@@ -89,19 +79,18 @@ def test_truncated_or_corrupt_safetensors(folder, damage):
         load_pretrained(folder)
 
 
-def test_missing_shard(tmp_path):
-    model = transformers.BertModel(transformers.BertConfig(**TINY))
-    model.save_pretrained(tmp_path, safe_serialization=True, max_shard_size="20KB")
-    shard = max(tmp_path.glob("model-*.safetensors"))
+def test_missing_shard(tiny):
+    folder = tiny("bert", None, max_shard_size="20KB").folder
+    shard = max(folder.glob("model-*.safetensors"))
     shard.unlink()
     with pytest.raises(CheckpointError, match=f"missing from .*{shard.name}"):
-        load_pretrained(tmp_path)
+        load_pretrained(folder)
 
 
 def test_shape_mismatch_lists_the_keys(folder):
-    edit_config(folder, intermediate_size=40)
+    kit.edit_config(folder, intermediate_size=40)
     with pytest.raises(CheckpointError, match=r"mis-shaped keys \(6\).*intermediate.dense.weight: checkpoint "
-                                              r"\(37, 32\) vs model \(40, 32\)"):
+                                              r"\(64, 32\) vs model \(40, 32\)"):
         load_pretrained(folder, head="classification")
 
 
@@ -118,7 +107,7 @@ def test_unexpected_key_is_named(folder):
 
 
 def test_more_layers_in_checkpoint_than_config(folder):
-    edit_config(folder, num_hidden_layers=1)
+    kit.edit_config(folder, num_hidden_layers=1)
     with pytest.raises(CheckpointError, match=r"unexpected keys \(16\).*bert.encoder.layer.1.*1 layers"):
         load_pretrained(folder)
 
@@ -143,12 +132,12 @@ def test_bad_arguments(folder, kwargs, message):
         load_pretrained(folder, **kwargs)
 
 
-def test_index_naming_a_tensor_its_shard_lacks(tmp_path):
-    transformers.BertModel(transformers.BertConfig(**TINY)).save_pretrained(tmp_path, max_shard_size="20KB")
-    index = json.loads((tmp_path / "model.safetensors.index.json").read_text())
+def test_index_naming_a_tensor_its_shard_lacks(tiny):
+    folder = tiny("bert", None, max_shard_size="20KB").folder
+    index = json.loads((folder / "model.safetensors.index.json").read_text())
     key = "encoder.layer.0.output.dense.weight"
     other = next(f for f in set(index["weight_map"].values()) if f != index["weight_map"][key])
     index["weight_map"][key] = other
-    (tmp_path / "model.safetensors.index.json").write_text(json.dumps(index))
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index))
     with pytest.raises(CheckpointError, match=f"cannot read tensor '{key}' from .*{other}"):
-        load_pretrained(tmp_path)
+        load_pretrained(folder)

@@ -1,22 +1,10 @@
 """ModelConfig.from_hf / to_hf against transformers' own config classes (4.x and 5.x forms)."""
+import kit
 import pytest
 import transformers
 
 from minift.models import ConfigError, ModelConfig
 
-ENCODER = {"vocab_size": 100, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
-           "intermediate_size": 37}
-TINY = {
-    "bert": (transformers.BertConfig, ENCODER),
-    "roberta": (transformers.RobertaConfig, ENCODER),
-    "gpt2": (transformers.GPT2Config, {"vocab_size": 100, "n_embd": 32, "n_layer": 2, "n_head": 4, "n_positions": 64}),
-    "gpt_neo": (transformers.GPTNeoConfig, {"vocab_size": 100, "hidden_size": 32, "num_layers": 2, "num_heads": 4,
-                                            "attention_types": [[["global", "local"], 1]], "window_size": 3,
-                                            "max_position_embeddings": 64}),
-    "llama": (transformers.LlamaConfig, {"vocab_size": 100, "hidden_size": 32, "num_hidden_layers": 2,
-                                         "num_attention_heads": 4, "num_key_value_heads": 2, "intermediate_size": 48,
-                                         "rope_theta": 5e5}),
-}
 # normalised field → the transformers config attribute holding the same quantity
 EXPECTED = {
     "bert": {"hidden_size": "hidden_size", "num_layers": "num_hidden_layers", "num_heads": "num_attention_heads",
@@ -37,11 +25,10 @@ EXPECTED["roberta"] = EXPECTED["bert"]
 
 
 def _hf(model_type, **extra):
-    cls, kwargs = TINY[model_type]
-    return cls(**{**kwargs, **extra})
+    return kit.hf_config(model_type, **extra)
 
 
-@pytest.mark.parametrize("model_type", list(TINY))
+@pytest.mark.parametrize("model_type", list(kit.FAMILIES))
 def test_from_hf_matches_transformers_fields(model_type):
     hf = _hf(model_type)
     config = ModelConfig.from_hf(hf.to_dict())
@@ -51,7 +38,7 @@ def test_from_hf_matches_transformers_fields(model_type):
         assert getattr(config, ours) == getattr(hf, theirs), ours
 
 
-@pytest.mark.parametrize("model_type", list(TINY))
+@pytest.mark.parametrize("model_type", list(kit.FAMILIES))
 def test_to_hf_round_trips_through_transformers(model_type):
     hf = _hf(model_type, num_labels=3)
     config = ModelConfig.from_hf(hf.to_dict())
@@ -85,7 +72,7 @@ def test_gpt_neo_layers_as_transformers_reads_them(layers):
 @pytest.mark.parametrize("scaling", [None, {"rope_type": "linear", "factor": 2.0},
                                      {"rope_type": "dynamic", "factor": 4.0}])
 def test_llama_rope_4x_and_5x_forms_agree(scaling):
-    hf = _hf("llama", **({"rope_scaling": scaling} if scaling else {}))
+    hf = _hf("llama", rope_theta=5e5, **({"rope_scaling": scaling} if scaling else {}))
     five = hf.to_dict()  # transformers 5.x writes rope_parameters
     assert "rope_parameters" in five
     four = {k: v for k, v in five.items() if k != "rope_parameters"}

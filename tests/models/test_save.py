@@ -8,17 +8,17 @@ from safetensors import safe_open
 
 from minift.models import load_pretrained, save_pretrained
 
-TINY = {"vocab_size": 100, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
-        "intermediate_size": 37, "max_position_embeddings": 40}
-CASES = [  # (transformers class saved first, our head, num_labels, Auto class that must load our save)
-    (transformers.BertModel, None, None, transformers.AutoModel),
-    (transformers.BertModel, "classification", 3, transformers.AutoModelForSequenceClassification),
-    (transformers.BertForSequenceClassification, "regression", None, transformers.AutoModelForSequenceClassification),
-    (transformers.BertModel, "token-classification", 4, transformers.AutoModelForTokenClassification),
-    (transformers.RobertaModel, None, None, transformers.AutoModel),
-    (transformers.RobertaModel, "classification", 3, transformers.AutoModelForSequenceClassification),
-    (transformers.RobertaModel, "regression", None, transformers.AutoModelForSequenceClassification),
-    (transformers.RobertaModel, "token-classification", 4, transformers.AutoModelForTokenClassification),
+# (family, head and num_labels of the transformers checkpoint saved first (None: bare), our head and num_labels,
+#  Auto class that must load our save)
+CASES = [
+    ("bert", None, 2, None, None, transformers.AutoModel),
+    ("bert", None, 2, "classification", 3, transformers.AutoModelForSequenceClassification),
+    ("bert", "classification", 1, "regression", None, transformers.AutoModelForSequenceClassification),
+    ("bert", None, 2, "token-classification", 4, transformers.AutoModelForTokenClassification),
+    ("roberta", None, 2, None, None, transformers.AutoModel),
+    ("roberta", None, 2, "classification", 3, transformers.AutoModelForSequenceClassification),
+    ("roberta", None, 2, "regression", None, transformers.AutoModelForSequenceClassification),
+    ("roberta", None, 2, "token-classification", 4, transformers.AutoModelForTokenClassification),
 ]
 
 
@@ -29,13 +29,11 @@ def perturb(model):
             p.add_(torch.randn_like(p) * 0.01)
 
 
-@pytest.mark.parametrize("hf_class, head, num_labels, auto_class", CASES,
-                         ids=[f"{c.__name__}-{h}" for c, h, _, _ in CASES])
-def test_save_round_trips_through_transformers(tmp_path, hf_class, head, num_labels, auto_class):
-    config_class = transformers.RobertaConfig if "Roberta" in hf_class.__name__ else transformers.BertConfig
-    hf_class(config_class(**TINY, **({"num_labels": 1} if hf_class.__name__.endswith("Classification") else {}))
-             ).save_pretrained(tmp_path / "src", safe_serialization=True)
-    model = load_pretrained(tmp_path / "src", head=head, num_labels=num_labels)
+@pytest.mark.parametrize("family, saved_head, saved_labels, head, num_labels, auto_class", CASES,
+                         ids=[f"{f}-{s or 'bare'}-{h}" for f, s, _, h, _, _ in CASES])
+def test_save_round_trips_through_transformers(tiny, tiny_batch, tmp_path, family, saved_head, saved_labels, head,
+                                               num_labels, auto_class):
+    model = tiny(family, saved_head, num_labels=saved_labels).load(head=head, num_labels=num_labels)
     perturb(model)
     save_pretrained(model, tmp_path / "out")
 
@@ -43,13 +41,10 @@ def test_save_round_trips_through_transformers(tmp_path, hf_class, head, num_lab
     assert not info["missing_keys"]
     assert not info["unexpected_keys"] and not info["mismatched_keys"]
     theirs.eval()
-    pad = model.config.pad_token_id
-    ids = torch.randint(3, 100, (2, 8))
-    mask = torch.tensor([[1] * 8, [1] * 5 + [0] * 3])
-    ids = ids.masked_fill(mask == 0, pad)
+    b = tiny_batch(family)
     with torch.no_grad():
-        ours = model(input_ids=ids, attention_mask=mask)
-        out = theirs(input_ids=ids, attention_mask=mask)
+        ours = model(**b)
+        out = theirs(**b)
     expected = out.last_hidden_state if head is None else out.logits
     torch.testing.assert_close(ours, expected, atol=1e-4, rtol=0)
     if head == "regression":
@@ -61,9 +56,8 @@ def test_save_round_trips_through_transformers(tmp_path, hf_class, head, num_lab
         assert torch.equal(a, b), name
 
 
-def test_saved_folder_contents(tmp_path):
-    transformers.BertModel(transformers.BertConfig(**TINY)).save_pretrained(tmp_path / "src")
-    model = load_pretrained(tmp_path / "src", head="classification", num_labels=3, dtype=torch.bfloat16)
+def test_saved_folder_contents(tiny, tmp_path):
+    model = tiny("bert", None).load(head="classification", num_labels=3, dtype=torch.bfloat16)
     model.config.id2label = {0: "neg", 1: "neu", 2: "pos"}
     model.config.label2id = {"neg": 0, "neu": 1, "pos": 2}
     save_pretrained(model, tmp_path / "out")
