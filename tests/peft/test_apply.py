@@ -4,7 +4,6 @@ import json
 
 import pytest
 import torch
-from peft_tiny import batch, make_tiny
 
 from minift.peft import (
     AdapterLinear,
@@ -31,9 +30,9 @@ FFN = {"bert": "output.dense", "gpt2": "mlp.c_proj", "gpt_neo": "mlp.c_proj", "l
 
 @pytest.mark.parametrize("family", list(SITES))
 @pytest.mark.parametrize("placement", ["houlsby", "pfeiffer"])
-def test_adapter_placement_per_family(tmp_path, family, placement):
+def test_adapter_placement_per_family(tiny, family, placement):
     head = "classification"
-    model = apply(make_tiny(tmp_path, family, head).load(), "adapter", reduction_factor=4, placement=placement)
+    model = apply(tiny(family, head).load(), "adapter", reduction_factor=4, placement=placement)
     for block in model.blocks:
         wrapped = {n for n, m in block.named_modules() if isinstance(m, AdapterLinear)}
         assert wrapped == (SITES[family] if placement == "houlsby" else {FFN[family]})
@@ -47,18 +46,18 @@ def test_adapter_placement_per_family(tmp_path, family, placement):
     ("gpt_neo", ["q_proj", "out_proj"], {"attn.attention.q_proj", "attn.attention.out_proj"}),
     ("llama", ["gate_proj", "up_proj", "down_proj"], {"mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"}),
 ])
-def test_lora_targets(tmp_path, family, targets, expected):
-    model = apply(make_tiny(tmp_path, family, "classification").load(), "lora", r=2, targets=targets)
+def test_lora_targets(tiny, family, targets, expected):
+    model = apply(tiny(family, "classification").load(), "lora", r=2, targets=targets)
     for block in model.blocks:
         assert {n for n, m in block.named_modules() if isinstance(m, LoRALinear)} == expected
     assert not any(isinstance(m, LoRALinear) for m in model.head.modules())  # the head is trained, not adapted
 
 
-def test_state_dict_keys_keep_the_base_keys(tmp_path):
-    tiny = make_tiny(tmp_path, "bert", "classification")
-    base_keys = set(tiny.load().state_dict())
+def test_state_dict_keys_keep_the_base_keys(tiny):
+    t = tiny("bert", "classification")
+    base_keys = set(t.load().state_dict())
     for method, opts in [("lora", {}), ("adapter", {"size": 4}), ("bitfit", {})]:
-        keys = set(apply(tiny.load(), method, **opts).state_dict())
+        keys = set(apply(t.load(), method, **opts).state_dict())
         assert base_keys <= keys
         assert all(".lora_" in k or ".adapter." in k for k in keys - base_keys)
 
@@ -78,34 +77,34 @@ def test_state_dict_keys_keep_the_base_keys(tmp_path):
     (lambda m: save_trainable(m, "unused"), "full fine-tuning"),
     (lambda m: export_peft(apply(m, "adapter", size=4), "unused"), "export_peft writes LoRA"),
 ])
-def test_clear_errors(tmp_path, call, message):
-    model = make_tiny(tmp_path, "bert", "classification").load()
+def test_clear_errors(tiny, call, message):
+    model = tiny("bert", "classification").load()
     with pytest.raises((ValueError, TypeError), match=message):
         call(model)
 
 
-def test_bitfit_needs_biases_and_tied_lm_head_cannot_train(tmp_path):
-    tiny = make_tiny(tmp_path, "llama", "causal-lm")
-    model = tiny.load()
+def test_bitfit_needs_biases_and_tied_lm_head_cannot_train(tiny):
+    t = tiny("llama", "causal-lm")
+    model = t.load()
     with pytest.raises(ValueError, match="has none"):
         apply(model, "bitfit")
     assert all(p.requires_grad for p in model.parameters())  # the failed apply changed nothing
     with pytest.raises(ValueError, match="tied"):
-        apply(make_tiny(tmp_path, "gpt2", "causal-lm").load(), "lora", train_head=True)
+        apply(tiny("gpt2", "causal-lm").load(), "lora", train_head=True)
 
 
 @pytest.mark.parametrize("method, opts", [("adapter", {"size": 4}), ("prompt", {"length": 2})])
-def test_save_merged_refuses_unmergeable_methods(tmp_path, method, opts):
-    model = apply(make_tiny(tmp_path, "bert", "classification").load(), method, **opts)
+def test_save_merged_refuses_unmergeable_methods(tiny, tmp_path, method, opts):
+    model = apply(tiny("bert", "classification").load(), method, **opts)
     with pytest.raises(ValueError, match="cannot be merged"):
         save_merged(model, tmp_path / "out")
 
 
-def test_load_trainable_checks_the_folder(tmp_path):
-    bert = make_tiny(tmp_path, "bert", "classification")
+def test_load_trainable_checks_the_folder(tiny, tmp_path):
+    bert = tiny("bert", "classification")
     saved = save_trainable(apply(bert.load(), "lora", r=2), tmp_path / "saved")
     with pytest.raises(ValueError, match="for a 'bert' model"):
-        load_trainable(make_tiny(tmp_path, "llama", "classification").load(), saved)
+        load_trainable(tiny("llama", "classification").load(), saved)
     with pytest.raises(ValueError, match="already has PEFT"):
         load_trainable(apply(bert.load(), "lora", r=4), saved)
     assert isinstance(load_trainable(apply(bert.load(), "lora", r=2), saved), torch.nn.Module)  # same spec: fine
@@ -119,8 +118,8 @@ def test_load_trainable_checks_the_folder(tmp_path):
         load_trainable(bert.load(), tmp_path / "missing")
 
 
-def test_load_trainable_names_mismatched_tensors(tmp_path):
-    bert = make_tiny(tmp_path, "bert", "classification")
+def test_load_trainable_names_mismatched_tensors(tiny, tmp_path):
+    bert = tiny("bert", "classification")
     saved = save_trainable(apply(bert.load(), "lora", r=2), tmp_path / "saved")
     config = json.loads((saved / CONFIG_NAME).read_text())
     config["options"]["targets"] = ["query", "key"]
@@ -129,15 +128,15 @@ def test_load_trainable_names_mismatched_tensors(tmp_path):
         load_trainable(bert.load(), saved)
 
 
-def test_prompt_wrapper_stands_in_for_the_model(tmp_path):
-    base = make_tiny(tmp_path, "bert", "token-classification").load()
+def test_prompt_wrapper_stands_in_for_the_model(tiny, tiny_batch):
+    base = tiny("bert", "token-classification").load()
     model = apply(base, "prompt", length=3)
     assert isinstance(model, PromptModel) and model.model is base
     assert model.head_kind == "token-classification" and model.config is base.config and not model.is_decoder
     model.gradient_checkpointing = True
     assert base.gradient_checkpointing
     assert set(peft_modules(model)) == {"prompt"}
-    b = batch("bert")
+    b = tiny_batch("bert")
     with torch.no_grad():
         by_ids = model(**b)
         by_embeds = model(inputs_embeds=base.get_input_embeddings()(b["input_ids"]), attention_mask=b["attention_mask"])
@@ -150,12 +149,12 @@ def test_prompt_wrapper_stands_in_for_the_model(tmp_path):
         model.no_such_attribute  # noqa: B018
 
 
-def test_prompt_extends_token_type_ids(tmp_path):
+def test_prompt_extends_token_type_ids(tiny, tiny_batch):
     """BERT with a second segment: the prompt (segment 0) sits after [CLS]; equals the base fed the prompt tokens."""
-    base = make_tiny(tmp_path, "bert", "classification").load()
+    base = tiny("bert", "classification").load()
     ids = [7, 8]
     model = apply(base, "prompt", length=2, init="text", token_ids=ids)
-    b = batch("bert")
+    b = tiny_batch("bert")
     types = torch.zeros_like(b["input_ids"])
     types[:, 4:] = 1
     B = types.shape[0]
@@ -169,17 +168,17 @@ def test_prompt_extends_token_type_ids(tmp_path):
         torch.testing.assert_close(model(**b, token_type_ids=types), base(**full), rtol=0, atol=1e-5)
 
 
-def test_prompt_inits(tmp_path):
-    base = make_tiny(tmp_path, "gpt2", "causal-lm").load()
+def test_prompt_inits(tiny):
+    base = tiny("gpt2", "causal-lm").load()
     emb = base.get_input_embeddings().weight
-    random = apply(make_tiny(tmp_path, "gpt2", "causal-lm").load(), "prompt", length=50, init="random").prompt.embedding
+    random = apply(tiny("gpt2", "causal-lm").load(), "prompt", length=50, init="random").prompt.embedding
     assert random.abs().max() <= 0.5 and random.std() > 0.2  # uniform [-0.5, 0.5] (Lester et al. 2021)
     vocab = apply(base, "prompt", length=6, init="vocab").prompt.embedding
     assert all(any(torch.equal(row, e) for e in emb) for row in vocab)  # every row is some token's embedding
 
 
-def test_load_trainable_into_a_merged_model(tmp_path):
-    bert = make_tiny(tmp_path, "bert", "classification")
+def test_load_trainable_into_a_merged_model(tiny, tiny_batch, tmp_path):
+    bert = tiny("bert", "classification")
     trained = apply(bert.load(), "lora", r=2)
     with torch.no_grad():
         for p in trained.parameters():
@@ -193,26 +192,26 @@ def test_load_trainable_into_a_merged_model(tmp_path):
                 p.fill_(0.1)  # another, non-zero update, merged into the weights below
     merge(target)
     target = load_trainable(target, saved)
-    b = batch("bert")
+    b = tiny_batch("bert")
     with torch.no_grad():
         torch.testing.assert_close(target(**b), trained(**b), rtol=0, atol=1e-5)
 
 
-def test_prompt_too_long_names_the_virtual_tokens(tmp_path):
-    model = apply(make_tiny(tmp_path, "gpt2", "classification").load(), "prompt", length=10)
+def test_prompt_too_long_names_the_virtual_tokens(tiny):
+    model = apply(tiny("gpt2", "classification").load(), "prompt", length=10)
     with pytest.raises(ValueError, match="adds 10 virtual tokens to the 60 input tokens"):
         model(input_ids=torch.randint(4, 100, (1, 60)))
 
 
 @pytest.mark.parametrize("method, opts", [("lora", {"r": 4, "dropout": 0.1}), ("adapter", {"size": 4}),
                                           ("prompt", {"length": 3})])
-def test_gradient_checkpointing_gives_the_same_gradients(tmp_path, method, opts):
-    tiny = make_tiny(tmp_path, "gpt2", "classification")
-    b = batch("gpt2")
+def test_gradient_checkpointing_gives_the_same_gradients(tiny, tiny_batch, method, opts):
+    t = tiny("gpt2", "classification")
+    b = tiny_batch("gpt2")
     grads = []
     for checkpointing in (False, True):
         torch.manual_seed(0)
-        model = apply(tiny.load(), method, **opts)
+        model = apply(t.load(), method, **opts)
         with torch.no_grad():
             for p in model.parameters():
                 if p.requires_grad:

@@ -2,7 +2,6 @@
 and ``trainable_summary`` against peft's ``print_trainable_parameters``."""
 import pytest
 import torch
-from peft_tiny import make_tiny
 
 from minift.models.config import ModelConfig
 from minift.models.load import build_model
@@ -62,11 +61,11 @@ def test_adapter_counts_follow_the_formula(size, placement):
     assert len(peft_modules(model)) == 12 * (2 if placement == "houlsby" else 1)
 
 
-def test_summary_matches_peft_print_trainable_parameters(tmp_path, capsys):
+def test_summary_matches_peft_print_trainable_parameters(tiny, capsys):
     peft = pytest.importorskip("peft")
-    tiny = make_tiny(tmp_path, "llama", "causal-lm")
-    ours = apply(tiny.load(), "lora", r=4, alpha=8, targets=["q_proj", "v_proj"])
-    reference = peft.get_peft_model(tiny.hf, peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    t = tiny("llama", "causal-lm")
+    ours = apply(t.load(), "lora", r=4, alpha=8, targets=["q_proj", "v_proj"])
+    reference = peft.get_peft_model(t.hf, peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
     capsys.readouterr()
     reference.print_trainable_parameters()
     assert trainable_summary(ours) == capsys.readouterr().out.strip()

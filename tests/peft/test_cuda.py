@@ -2,7 +2,6 @@
 frozen weights bit-identical, a bf16 merge equals the fp32-computed delta cast back. Skipped without a GPU."""
 import pytest
 import torch
-from peft_tiny import batch, make_tiny
 
 from minift.models import load_pretrained
 from minift.peft import apply, merge, trainable_parameters
@@ -12,11 +11,11 @@ OPTIONS = {"lora": {"r": 4}, "adapter": {"size": 8}, "bitfit": {}, "prompt": {"l
 
 @pytest.mark.cuda
 @pytest.mark.parametrize("method", list(OPTIONS))
-def test_autocast_training_on_cuda(tmp_path, method):
-    tiny = make_tiny(tmp_path, "bert", "classification")
-    model = apply(tiny.load().cuda(), method, **OPTIONS[method])
+def test_autocast_training_on_cuda(tiny, tiny_batch, method):
+    t = tiny("bert", "classification")
+    model = apply(t.load().cuda(), method, **OPTIONS[method])
     assert all(p.is_cuda for p in model.parameters())
-    b = {k: v.cuda() for k, v in batch("bert").items()}
+    b = {k: v.cuda() for k, v in tiny_batch("bert").items()}
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     opt = torch.optim.AdamW(trainable_parameters(model).values(), lr=1e-2, weight_decay=0.0)
     model.train()
@@ -32,9 +31,9 @@ def test_autocast_training_on_cuda(tmp_path, method):
 
 
 @pytest.mark.cuda
-def test_bf16_merge_on_cuda(tmp_path):
-    tiny = make_tiny(tmp_path, "llama", "causal-lm")
-    model = apply(load_pretrained(tiny.folder, dtype=torch.bfloat16, device="cuda"), "lora", r=4)
+def test_bf16_merge_on_cuda(tiny):
+    t = tiny("llama", "causal-lm")
+    model = apply(load_pretrained(t.folder, dtype=torch.bfloat16, device="cuda"), "lora", r=4)
     layer = model.blocks[0].self_attn.q_proj
     assert layer.lora_A.dtype == torch.bfloat16 and layer.lora_A.is_cuda
     with torch.no_grad():

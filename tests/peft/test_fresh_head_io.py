@@ -5,24 +5,13 @@ import json
 
 import pytest
 import torch
-from peft_tiny import batch, hf_config
 
 from minift.models import load_pretrained
 from minift.peft import apply, export_peft, load_trainable, save_trainable
 from minift.peft.io import CONFIG_NAME
 
 transformers = pytest.importorskip("transformers")
-
-BARE = {"bert": "BertModel", "llama": "LlamaModel"}
-
-
-def bare_checkpoint(tmp_path, family: str, **kwargs):
-    """A tiny transformers base model with no task head, saved to ``tmp_path``; returns its folder."""
-    torch.manual_seed(0)
-    hf = getattr(transformers, BARE[family])(hf_config(family), **kwargs)
-    folder = tmp_path / f"bare-{family}"
-    hf.save_pretrained(folder, safe_serialization=True)
-    return folder
+NO_POOLER = {"add_pooling_layer": False}  # BertModel arguments: a BERT checkpoint without a pooler
 
 
 def trained(folder, method: str, seed: int, **options):
@@ -43,8 +32,8 @@ def trained(folder, method: str, seed: int, **options):
     ("llama", "lora", {"r": 2}),
     ("llama", "prompt", {"length": 3}),
 ])
-def test_frozen_fresh_head_is_saved_and_restored(tmp_path, family, method, options):
-    folder = bare_checkpoint(tmp_path, family)
+def test_frozen_fresh_head_is_saved_and_restored(tiny, tiny_batch, tmp_path, family, method, options):
+    folder = tiny(family).folder
     ours = trained(folder, method, seed=1, **options)
     assert ours.fresh_keys and not any(p.requires_grad for p in ours.head.parameters() if p.dim() > 1)
     saved = save_trainable(ours, tmp_path / "saved")
@@ -52,7 +41,7 @@ def test_frozen_fresh_head_is_saved_and_restored(tmp_path, family, method, optio
     fresh = load_pretrained(folder, head="classification", num_labels=3)
     assert not torch.equal(fresh.head.weight, ours.head.weight)
     again = load_trainable(fresh, saved)
-    b = batch(family)
+    b = tiny_batch(family)
     with torch.no_grad():
         assert torch.equal(again(**b), ours(**b))
     config = json.loads((saved / CONFIG_NAME).read_text())
@@ -61,23 +50,23 @@ def test_frozen_fresh_head_is_saved_and_restored(tmp_path, family, method, optio
     assert {prefix + key for key in ours.fresh_keys} <= saved_names
 
 
-def test_fresh_pooler_is_saved_too(tmp_path):
+def test_fresh_pooler_is_saved_too(tiny, tiny_batch, tmp_path):
     """A BERT checkpoint without a pooler: the classification head reads a freshly initialised pooler, frozen
     under LoRA (and its weight under BitFit), so it is saved like the head."""
-    folder = bare_checkpoint(tmp_path, "bert", add_pooling_layer=False)
+    folder = tiny("bert", model_kwargs=NO_POOLER).folder
     for method, options in (("lora", {"r": 2}), ("bitfit", {})):
         ours = trained(folder, method, seed=1, **options)
         assert "bert.pooler.dense.weight" in ours.fresh_keys
         saved = save_trainable(ours, tmp_path / method)
         torch.manual_seed(2)
         again = load_trainable(load_pretrained(folder, head="classification", num_labels=3), saved)
-        b = batch("bert")
+        b = tiny_batch("bert")
         with torch.no_grad():
             assert torch.equal(again(**b), ours(**b))
 
 
-def test_load_checks_the_saved_frozen_tensors(tmp_path):
-    folder = bare_checkpoint(tmp_path, "bert")
+def test_load_checks_the_saved_frozen_tensors(tiny, tmp_path):
+    folder = tiny("bert").folder
     saved = save_trainable(trained(folder, "lora", seed=1, r=2), tmp_path / "saved")
     from safetensors.torch import load_file, save_file
 
@@ -90,17 +79,17 @@ def test_load_checks_the_saved_frozen_tensors(tmp_path):
         load_trainable(load_pretrained(folder, head="classification", num_labels=3), saved)
 
 
-def test_exported_frozen_fresh_head_loads_in_peft(tmp_path):
+def test_exported_frozen_fresh_head_loads_in_peft(tiny, tiny_batch, tmp_path):
     """peft's ``modules_to_save`` carries the frozen head that transformers would otherwise draw at random."""
     peft = pytest.importorskip("peft")
-    folder = bare_checkpoint(tmp_path, "llama")
+    folder = tiny("llama").folder
     ours = trained(folder, "lora", seed=1, r=2)
     exported = export_peft(ours, tmp_path / "exported")
     assert json.loads((exported / "adapter_config.json").read_text())["modules_to_save"] == ["score"]
     torch.manual_seed(2)
     hf = transformers.LlamaForSequenceClassification.from_pretrained(folder, num_labels=3).eval()
     loaded = peft.PeftModel.from_pretrained(hf, exported).eval()
-    b = batch("llama")
+    b = tiny_batch("llama")
     with torch.no_grad():
         torch.testing.assert_close(loaded(**b).logits, ours(**b), rtol=0, atol=1e-5)
 
@@ -125,9 +114,9 @@ def test_minilm_bitfit_frozen_head_reloads_exactly(minilm_dir, tmp_path):
         assert torch.equal(again(input_ids=ids, attention_mask=mask), ours(input_ids=ids, attention_mask=mask))
 
 
-def test_version_1_folders_still_load(tmp_path):
+def test_version_1_folders_still_load(tiny, tiny_batch, tmp_path):
     """Folders written before the frozen tensors were saved (trainable tensors only) load as before."""
-    folder = bare_checkpoint(tmp_path, "bert")
+    folder = tiny("bert").folder
     ours = trained(folder, "lora", seed=1, r=2)
     ours.head.weight.requires_grad_(True)  # as a version-1 file of a trained head held it
     ours.head.bias.requires_grad_(True)
@@ -138,15 +127,15 @@ def test_version_1_folders_still_load(tmp_path):
     del config["saved"]
     (saved / CONFIG_NAME).write_text(json.dumps(config))
     again = load_trainable(load_pretrained(folder, head="classification", num_labels=3), saved)
-    b = batch("bert")
+    b = tiny_batch("bert")
     with torch.no_grad():
         assert torch.equal(again(**b), ours(**b))
 
 
-def test_exported_fresh_pooler_loads_in_peft(tmp_path):
+def test_exported_fresh_pooler_loads_in_peft(tiny, tiny_batch, tmp_path):
     """A BERT checkpoint without a pooler: the exported adapter carries the frozen, fresh pooler next to the head."""
     peft = pytest.importorskip("peft")
-    folder = bare_checkpoint(tmp_path, "bert", add_pooling_layer=False)
+    folder = tiny("bert", model_kwargs=NO_POOLER).folder
     ours = trained(folder, "lora", seed=1, r=2)
     exported = export_peft(ours, tmp_path / "exported")
     config = json.loads((exported / "adapter_config.json").read_text())
@@ -154,27 +143,27 @@ def test_exported_fresh_pooler_loads_in_peft(tmp_path):
     torch.manual_seed(2)
     hf = transformers.BertForSequenceClassification.from_pretrained(folder, num_labels=3).eval()
     loaded = peft.PeftModel.from_pretrained(hf, exported).eval()
-    b = batch("bert")
+    b = tiny_batch("bert")
     with torch.no_grad():
         torch.testing.assert_close(loaded(**b).logits, ours(**b), rtol=0, atol=1e-5)
 
 
-def test_export_refuses_lora_on_a_fresh_module(tmp_path):
-    folder = bare_checkpoint(tmp_path, "bert", add_pooling_layer=False)
+def test_export_refuses_lora_on_a_fresh_module(tiny, tmp_path):
+    folder = tiny("bert", model_kwargs=NO_POOLER).folder
     ours = trained(folder, "lora", seed=1, r=2, targets=["query", "pooler.dense"])
     with pytest.raises(ValueError, match="bert.pooler.dense"):
         export_peft(ours, tmp_path / "exported")
 
 
-def test_merged_lora_on_a_fresh_module_reloads(tmp_path):
+def test_merged_lora_on_a_fresh_module_reloads(tiny, tiny_batch, tmp_path):
     """The frozen weight of a merged LoRA layer is saved without the update, which loading merges back in."""
     from minift.peft import merge
 
-    folder = bare_checkpoint(tmp_path, "bert", add_pooling_layer=False)
+    folder = tiny("bert", model_kwargs=NO_POOLER).folder
     ours = merge(trained(folder, "lora", seed=1, r=2, targets=["query", "pooler.dense"]))
     saved = save_trainable(ours, tmp_path / "saved")
     torch.manual_seed(2)
     again = load_trainable(load_pretrained(folder, head="classification", num_labels=3), saved)
-    b = batch("bert")
+    b = tiny_batch("bert")
     with torch.no_grad():
         torch.testing.assert_close(again(**b), ours(**b), rtol=0, atol=1e-5)

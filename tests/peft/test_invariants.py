@@ -6,9 +6,9 @@ embeddings); after optimizer steps the frozen weights are bit-identical, every t
 gradients reached exactly the trainable parameters; with a non-zero LoRA B, merged, unmerged and
 saved-and-reloaded outputs agree.
 """
+import kit
 import pytest
 import torch
-from peft_tiny import ENCODERS, batch, make_tiny
 
 from minift.peft import apply, load_trainable, merge, save_trainable, trainable_parameters, unmerge
 from minift.peft.io import WEIGHTS_NAME
@@ -21,8 +21,8 @@ OPTIONS = {
     "bitfit": {},
     "prompt": {"length": N_VIRTUAL, "init": "text", "token_ids": PROMPT_IDS},
 }
-CASES = [(f, h) for f in ENCODERS for h in ("classification", "token-classification")] + [
-    (f, h) for f in ("gpt2", "gpt_neo", "llama") for h in ("classification", "causal-lm")]
+CASES = [(f, h) for f in kit.ENCODERS for h in ("classification", "token-classification")] + [
+    (f, h) for f in kit.DECODERS for h in ("classification", "causal-lm")]
 # what trains, written independently of the library (by name, which is fine in a test)
 OWNED = {
     "lora": lambda n: n.endswith((".lora_A", ".lora_B")),
@@ -50,7 +50,7 @@ def _prompt_reference(base, family, head, b):
     ids, mask = b["input_ids"], b["attention_mask"]
     B = ids.shape[0]
     prompt = torch.tensor((PROMPT_IDS * 2)[:N_VIRTUAL]).expand(B, -1)
-    k = 1 if family in ENCODERS else 0
+    k = 1 if family in kit.ENCODERS else 0
     full_ids = torch.cat([ids[:, :k], prompt, ids[:, k:]], dim=1)
     full_mask = torch.cat([mask[:, :k], torch.ones(B, N_VIRTUAL, dtype=mask.dtype), mask[:, k:]], dim=1)
     out = base(input_ids=full_ids, attention_mask=full_mask)
@@ -61,11 +61,11 @@ def _prompt_reference(base, family, head, b):
 
 @pytest.mark.parametrize("method", list(OPTIONS))
 @pytest.mark.parametrize("family, head", CASES)
-def test_peft_invariants(tmp_path, family, head, method):
+def test_peft_invariants(tiny, tiny_batch, tmp_path, family, head, method):
     overrides = {"attention_bias": True, "mlp_bias": True} if (family, method) == ("llama", "bitfit") else {}
-    tiny = make_tiny(tmp_path, family, head, **overrides)
-    model = tiny.load()
-    b = batch(family)
+    t = tiny(family, head, **overrides)
+    model = t.load()
+    b = tiny_batch(family)
     real = b["attention_mask"].bool()
     with torch.no_grad():
         base_out = model(**b)
@@ -84,7 +84,7 @@ def test_peft_invariants(tmp_path, family, head, method):
         assert torch.equal(out0, expected0)
 
     # 2. what trains: the method's own parameters, plus the head unless it is a causal-LM head
-    head_key = "score" if family not in ENCODERS else "classifier"
+    head_key = "score" if family not in kit.ENCODERS else "classifier"
     prefix = "model." if method == "prompt" else ""
     names = [n for n, _ in model.named_parameters()]
     trains_head = head != "causal-lm"
@@ -127,7 +127,7 @@ def test_peft_invariants(tmp_path, family, head, method):
     save_trainable(model, tmp_path / "saved")
     from safetensors.torch import load_file
     assert set(load_file(str(tmp_path / "saved" / WEIGHTS_NAME))) == expected
-    reloaded = load_trainable(tiny.load(), tmp_path / "saved")
+    reloaded = load_trainable(t.load(), tmp_path / "saved")
     with torch.no_grad():
         again = reloaded(**b)
     torch.testing.assert_close(cmp(again), cmp(out), rtol=0, atol=1e-5)
