@@ -2,7 +2,8 @@
 turned into sentences of words + IOB2 tags, then tokenised with the fast batch API and labelled on first
 sub-tokens. The issue asks for < 30 s on CPU.
 
-    PYTHONPATH=. python benchmarks/bench_data_prep.py [--data-dir ../shared/data] [--tokenizer MINILM_FOLDER] [--max-length 128]
+    PYTHONPATH=. python benchmarks/bench_data_prep.py [--data-dir ../shared/data] [--tokenizer MINILM_FOLDER]
+        [--max-length 128]
 """
 import argparse
 import importlib.util

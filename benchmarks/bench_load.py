@@ -54,7 +54,8 @@ def _asset(package, pattern):
 def measure(lib, kind, path, repeat):
     runs = []
     for _ in range(repeat):
-        out = subprocess.run([sys.executable, "-c", CHILD, lib, kind, str(path)], capture_output=True, text=True, check=False)
+        out = subprocess.run([sys.executable, "-c", CHILD, lib, kind, str(path)], capture_output=True, text=True,
+                             check=False)
         if out.returncode != 0:
             sys.exit(f"{lib} failed to load {path}:\n{out.stderr[-2000:]}")
         runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
@@ -85,7 +86,8 @@ def main():
                   f"{r['params']:,} |")
         m, t = res["minift"], res["transformers"]
         print(f"| {name} | **ratio minift/transformers** | **{m['seconds'] / t['seconds']:.2f}×** | "
-              f"**{m['peak_rss_mb'] / t['peak_rss_mb']:.2f}×** | {m['load_rss_mb'] / max(t['load_rss_mb'], 1):.2f}× | |")
+              f"**{m['peak_rss_mb'] / t['peak_rss_mb']:.2f}×** | "
+              f"{m['load_rss_mb'] / max(t['load_rss_mb'], 1):.2f}× | |")
 
 
 if __name__ == "__main__":
