@@ -63,7 +63,9 @@ def smooth(values: list, points: int = 40) -> list:
 
 
 def _is_score(values: list) -> bool:
-    return all(-1.0 <= v <= 1.0 for v in values)
+    """A metric that fits the [-1, 1] score axis (a NaN, e.g. Pearson's r of constant predictions, is no reason
+    to move it)."""
+    return all(-1.0 <= v <= 1.0 for v in values if math.isfinite(v))
 
 
 def run_figure(run: Run):

@@ -19,6 +19,7 @@ VAL_LOSS_KEYS = ("val_loss", "loss")  # the validation loss in an eval record, u
 NOT_THE_EXPERIMENT = {"seed", "seeds", "output_dir", "resume", "plot", "device", "data_dir"}
 MAIN_AXES = ("method", "model", "task")  # what a report compares, in the order --by picks by default
 TITLE_ORDER = ("task", "method", "model")  # how a title names a run: sst2 · lora · roberta-base
+FOLDER_KEY = "run"  # the group key of a run folder without config.json or summary.json: its folder name
 SKIPPED_FOLDERS = {"checkpoints", "best"}  # inside a run folder: never run folders themselves
 
 
@@ -114,13 +115,26 @@ class Run:
         return float(value) if _number(value) and math.isfinite(value) else None
 
 
+def _records(path: Path) -> list:
+    """The JSON lines of ``path``; a cut-off last line (the run was killed while writing it) is left out."""
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    records = []
+    for number, line in enumerate(lines, 1):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if number < len(lines):
+                raise ValueError(f"{path}, line {number}: not a JSON record: {line[:60]!r}") from None
+    return records
+
+
 def read_run(folder: str | Path) -> Run:
     """The :class:`Run` in ``folder`` (its ``metrics.jsonl``, plus ``summary.json`` / ``config.json`` if present)."""
     folder = Path(folder)
     path = folder / "metrics.jsonl"
     if not path.is_file():
         raise NoRuns(f"{path} not found: pass a run folder written by python -m minift.train")
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    records = _records(path)
     return Run(folder, train=[r for r in records if r.get("type") == "train"],
                evals=[r for r in records if r.get("type") == "eval"],
                summary=_read_json(folder / "summary.json"), config=_read_json(folder / "config.json"))
@@ -162,7 +176,7 @@ def experiment_key(run: Run) -> dict:
     for name in MAIN_AXES:  # the summary's values win (the resolved model path) and stand in without a config
         if run.get(name) is not None:
             key[name] = run.get(name)
-    return key if key else {"run": run.path.name}
+    return key if key else {FOLDER_KEY: run.path.name}
 
 
 @dataclass
@@ -219,5 +233,5 @@ def label(key: dict, names: list) -> str:
     parts = []
     for name in (n for n in names if n in key):  # a full run has no LoRA rank to show
         value = short_name(name, key.get(name))
-        parts.append(value if name in MAIN_AXES else f"{name.split('.')[-1]}={value}")
+        parts.append(value if name in (*MAIN_AXES, FOLDER_KEY) else f"{name.split('.')[-1]}={value}")
     return " ".join(parts)

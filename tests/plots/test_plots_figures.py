@@ -1,5 +1,7 @@
 """Each figure kind, inspected as a matplotlib Figure: panels, axis labels, lines, epoch marks, legends outside the
 axes, tick labels that do not overlap; and runs with no evaluations, one evaluation, no validation loss."""
+import json
+
 import pytest
 from plotkit import write_grid, write_run
 
@@ -98,6 +100,16 @@ def test_a_dense_training_loss_is_smoothed_over_its_faint_raw_values(tmp_path):
     assert len(trend.get_ydata()) == 800 and max(trend.get_ydata()) < max(raw.get_ydata())
     assert smooth([1.0, 2.0, 3.0]) == [1.0, 2.0, 3.0]  # few points stay as logged
     assert smooth([0.0, 2.0] * 40, points=4)[10] == pytest.approx(1.0, abs=0.1)
+
+
+def test_a_nan_metric_stays_on_the_score_panel(tmp_path):
+    folder = write_run(tmp_path / "r", task="stsb")
+    path = folder / "metrics.jsonl"
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    next(r for r in records if r["type"] == "eval")["pearson"] = float("nan")  # json writes NaN, as the engine does
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    fig = drawn(run_figure(read_run(folder)))
+    assert [line.get_label() for line in data_lines(fig.axes[1])] == ["pearson", "spearman"]
 
 
 def test_run_with_nothing_logged_yet(tmp_path):

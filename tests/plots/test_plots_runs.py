@@ -28,6 +28,24 @@ def test_runs_without_val_loss_or_evaluations(tmp_path):
     assert bare.test_value("accuracy") is None
 
 
+def test_a_cut_off_last_line_is_skipped_and_a_bad_line_elsewhere_is_an_error(tmp_path):
+    folder = write_run(tmp_path / "r", evals=False)
+    path = folder / "metrics.jsonl"
+    path.write_text(path.read_text() + '{"type": "train", "step": 19')  # killed while writing
+    assert len(read_run(folder).train) == 18
+    path.write_text('{"type": "tr\n' + path.read_text())
+    with pytest.raises(ValueError, match="metrics.jsonl, line 1: not a JSON record"):
+        read_run(folder)
+
+
+def test_runs_without_config_or_summary_are_named_by_folder(tmp_path):
+    for name in ("a", "b"):
+        write_run(tmp_path / name, summary=False)
+        (tmp_path / name / "config.json").unlink()
+    groups = group_runs([read_run(p) for p in find_runs(tmp_path)])
+    assert varying_keys(groups) == ["run"] and [label(g.key, ["run"]) for g in groups] == ["a", "b"]
+
+
 def test_epoch_ends_from_evaluations_or_from_the_logged_epoch(tmp_path):
     assert read_run(write_run(tmp_path / "a", eval_every=30)).epoch_ends() == [60, 120]  # 180 is the end
     # no evaluations: where the logged epoch number goes up (log_every 25 does not divide 60: the next log)
