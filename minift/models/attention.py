@@ -8,6 +8,10 @@ Masks are boolean, ``True`` = may attend, broadcastable to ``(B, nh, T_q, T_k)``
 - ``build_mask(attention_mask, T, causal=..., window=...)`` combines them into ``(B, 1, T, T)`` (or returns
   ``None`` when nothing is masked, so SDPA can take its fused path).
 
+With a KV cache (generation, ``minift.models.cache``) the ``T`` queries follow ``past`` cached tokens: the masks
+are then ``(T, past + T)`` with query i at position ``past + i``, and ``attention_mask`` covers all ``past + T``
+keys.
+
 ``attention(q, k, v, mask, ...)`` wraps ``torch.nn.functional.scaled_dot_product_attention``: it repeats
 grouped key/value heads, passes ``scale`` through (GPT-Neo uses ``scale=1.0``: its scores are unscaled) and
 keeps fully masked rows (a left-padded query before any real token) finite instead of NaN.
@@ -26,37 +30,41 @@ def padding_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     return attention_mask.bool()[:, None, None, :]
 
 
-def causal_mask(T: int, device: torch.device | None = None) -> torch.Tensor:
-    """Boolean ``(T, T)``: query i may attend to keys j <= i."""
-    return torch.ones(T, T, dtype=torch.bool, device=device).tril()
+def causal_mask(T: int, device: torch.device | None = None, past: int = 0) -> torch.Tensor:
+    """Boolean ``(T, past + T)``: query i (at position ``past + i``) may attend to keys j <= past + i."""
+    return torch.ones(T, past + T, dtype=torch.bool, device=device).tril(diagonal=past)
 
 
-def local_causal_mask(T: int, window: int, device: torch.device | None = None) -> torch.Tensor:
-    """Boolean ``(T, T)``: query i may attend to keys j with ``i - window < j <= i`` (GPT-Neo local layers)."""
+def local_causal_mask(T: int, window: int, device: torch.device | None = None, past: int = 0) -> torch.Tensor:
+    """Boolean ``(T, past + T)``: the query at position p = past + i may attend to keys j with
+    ``p - window < j <= p`` (GPT-Neo local layers, Mistral / Qwen2 sliding windows)."""
     if window <= 0:
         raise ValueError(f"local attention window must be positive, got {window}")
-    i = torch.arange(T, device=device)[:, None]
-    j = torch.arange(T, device=device)[None, :]
+    i = torch.arange(past, past + T, device=device)[:, None]
+    j = torch.arange(past + T, device=device)[None, :]
     return (j <= i) & (j > i - window)
 
 
 def build_mask(attention_mask: torch.Tensor | None, T: int, causal: bool = False, window: int | None = None,
-               device: torch.device | None = None) -> torch.Tensor | None:
+               device: torch.device | None = None, past: int = 0) -> torch.Tensor | None:
     """Combine padding, causal and local masks.
 
     Args:
-        attention_mask: ``(B, T)`` 1 (keep) / 0 (pad), or None (no padding).
-        T: sequence length.
+        attention_mask: ``(B, past + T)`` 1 (keep) / 0 (pad), or None (no padding).
+        T: sequence length (of the new tokens, with a cache).
         causal: whether query i is limited to keys j <= i.
-        window: GPT-Neo local window (implies ``causal``), or None for global attention.
+        window: local / sliding window (implies ``causal``), or None for global attention.
+        past: tokens already in the KV cache, before the ``T`` new ones (0 without a cache).
 
     Returns:
-        Boolean mask broadcastable to ``(B, nh, T, T)``, or None when nothing would be masked and the plain
-        causal flag suffices (check ``causal`` yourself then; see ``attention``).
+        Boolean mask broadcastable to ``(B, nh, T, past + T)``, or None when nothing would be masked and the
+        plain causal flag suffices (check ``causal`` yourself then; see ``attention``).
     """
     if attention_mask is not None:
-        if attention_mask.shape[-1] != T:
-            raise ValueError(f"attention_mask has {attention_mask.shape[-1]} positions but the input has {T}")
+        if attention_mask.shape[-1] != past + T:
+            cached = f" ({past} cached + {T} new)" if past else ""
+            raise ValueError(f"attention_mask has {attention_mask.shape[-1]} positions but the input has "
+                             f"{past + T}{cached}")
         device = attention_mask.device
         # No padding: let SDPA take its fused (causal) path. Only checked for CPU masks: on an accelerator the
         # check would synchronise host and device on every forward, so there the caller drops an all-ones mask
@@ -64,14 +72,16 @@ def build_mask(attention_mask: torch.Tensor | None, T: int, causal: bool = False
         if attention_mask.device.type == "cpu" and bool(attention_mask.all()):
             attention_mask = None
     if window is not None:
-        mask = local_causal_mask(T, window, device)  # (T, T)
-    elif causal and attention_mask is not None:
-        mask = causal_mask(T, device)  # (T, T)
+        mask = local_causal_mask(T, window, device, past)  # (T, past + T)
+    elif causal and (attention_mask is not None or (past and T > 1)):
+        # SDPA's own causal flag aligns the triangle top-left, which is wrong after cached tokens: build it.
+        # (One new token may see every cached key: nothing to mask.)
+        mask = causal_mask(T, device, past)  # (T, past + T)
     else:
         mask = None
     if attention_mask is not None:
-        pad = padding_mask(attention_mask)  # (B, 1, 1, T)
-        mask = pad if mask is None else pad & mask  # (B, 1, T, T) or (B, 1, 1, T)
+        pad = padding_mask(attention_mask)  # (B, 1, 1, past + T)
+        mask = pad if mask is None else pad & mask  # (B, 1, T, past + T) or (B, 1, 1, past + T)
     return mask
 
 
@@ -81,9 +91,11 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Ten
 
     Args:
         q: ``(B, nh, T, hs)`` queries.
-        k, v: ``(B, nkv, T, hs)`` keys and values; ``nkv`` divides ``nh`` (grouped-query attention).
+        k, v: ``(B, nkv, S, hs)`` keys and values; ``nkv`` divides ``nh`` (grouped-query attention); ``S = T``,
+            or ``past + T`` with a KV cache.
         mask: boolean mask from ``build_mask`` (True = attend), or None.
         causal: apply a causal mask when ``mask`` is None (a mask from ``build_mask(causal=True)`` already is).
+            With a cache (``S > T``) ``build_mask`` returns None only for a single query, which sees every key.
         dropout_p: attention-probability dropout (pass 0.0 in eval mode).
         scale: score scale; None → ``1 / sqrt(hs)``.
 
@@ -99,4 +111,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Ten
         # Its output is discarded anyway (it is a padding position).
         mask = mask | ~mask.any(dim=-1, keepdim=True)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=scale)
+    if q.shape[2] != k.shape[2]:  # after cached keys
+        if q.shape[2] > 1 and causal:
+            raise ValueError("causal attention over cached keys needs the mask of build_mask(..., past=...)")
+        causal = False  # one new query sees every key
     return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=causal, scale=scale)

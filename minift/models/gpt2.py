@@ -14,9 +14,10 @@ from torch import nn
 
 from minift.models.activations import activation
 from minift.models.attention import attention, build_mask
+from minift.models.cache import KVCache, LayerCache
 from minift.models.config import ModelConfig
 from minift.models.heads import linear_head, lm_head, score_head
-from minift.models.registry import Family, HeadSpec, KeyTransform
+from minift.models.registry import Family, HeadSpec, KeyTransform, MemorySpec
 from minift.models.task_model import run_block
 
 
@@ -41,13 +42,16 @@ class GPT2Attention(nn.Module):
         if raw.get("scale_attn_by_inverse_layer_idx", False):
             self.scale /= float(layer_idx + 1)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        """x: (B, T, C); mask: boolean (B, 1, T, T) or None. Returns (B, T, C)."""
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, cache: LayerCache | None = None) -> torch.Tensor:
+        """x: (B, T, C); mask: boolean (B, 1, T, S) or None, S = T or, with ``cache`` (the keys and values of
+        earlier tokens), past + T. Returns (B, T, C)."""
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)  # 3 x (B, T, C)
         q = q.view(B, T, self.num_heads, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, self.num_heads, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
         v = v.view(B, T, self.num_heads, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
+        if cache is not None:
+            k, v = cache.update(k, v)  # (B, nh, S, hs)
         dropout_p = self.attn_dropout if self.training else 0.0
         y = attention(q, k, v, mask, causal=True, dropout_p=dropout_p, scale=self.scale)  # (B, nh, T, hs)
         y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, C)
@@ -79,9 +83,9 @@ class GPT2Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.mlp = GPT2MLP(config)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, cache: LayerCache | None = None) -> torch.Tensor:
         """(B, T, C) -> (B, T, C)."""
-        x = x + self.attn(self.ln_1(x), mask)
+        x = x + self.attn(self.ln_1(x), mask, cache)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -115,45 +119,55 @@ class GPT2Model(nn.Module):
         attention_mask: torch.Tensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
+        cache: KVCache | None = None,
     ) -> torch.Tensor:
         """Final hidden states.
 
         Args:
             input_ids: (B, T) token ids, or None when ``inputs_embeds`` is given.
-            attention_mask: (B, T) 1 (keep) / 0 (pad), or None.
+            attention_mask: (B, T) 1 (keep) / 0 (pad), or None; (B, past + T) with a ``cache`` of past tokens.
             inputs_embeds: (B, T, C) in place of ``input_ids``.
-            position_ids: (B, T) or (T,) positions; default 0..T-1.
+            position_ids: (B, T) or (T,) positions; default past..past+T-1 (0..T-1 without a cache).
+            cache: a ``KVCache`` holding the keys and values of the past tokens; this call appends its T tokens.
 
         Returns:
             (B, T, C).
         """
-        x = embed_with_positions(self, input_ids, inputs_embeds, position_ids)  # (B, T, C)
-        T = x.shape[1]
-        mask = build_mask(attention_mask, T, causal=True, device=x.device)  # (B, 1, T, T) or None
-        for block in self.h:
-            x = run_block(block, self.gradient_checkpointing, x, mask)
+        T = (input_ids if inputs_embeds is None else inputs_embeds).shape[1]
+        past = 0 if cache is None else cache.check(len(self.h), T)
+        x = embed_with_positions(self, input_ids, inputs_embeds, position_ids, past)  # (B, T, C)
+        mask = build_mask(attention_mask, T, causal=True, device=x.device, past=past)  # (B, 1, T, S) or None
+        caches = [None] * len(self.h) if cache is None else cache.layers
+        for block, layer_cache in zip(self.h, caches):
+            x = run_block(block, self.gradient_checkpointing, x, mask, layer_cache)
         return self.ln_f(x)
 
 
 def embed_with_positions(backbone: nn.Module, input_ids: torch.Tensor | None, inputs_embeds: torch.Tensor | None,
-                         position_ids: torch.Tensor | None) -> torch.Tensor:
+                         position_ids: torch.Tensor | None, past: int = 0) -> torch.Tensor:
     """Token + learned absolute position embeddings, then dropout (GPT-2 and GPT-Neo share this).
 
     Args:
         backbone: a module with ``wte``, ``wpe`` and ``drop``.
         input_ids: (B, T), or None when ``inputs_embeds`` (B, T, C) is given.
-        position_ids: (B, T) or (T,); default 0..T-1.
+        position_ids: (B, T) or (T,); default past..past+T-1.
+        past: tokens already in the KV cache (0 without one).
 
     Returns:
         (B, T, C).
     """
     x = backbone.wte(input_ids) if inputs_embeds is None else inputs_embeds  # (B, T, C)
-    T = x.shape[1]
-    if T > backbone.wpe.num_embeddings:
-        raise ValueError(f"sequence of {T} tokens is longer than this model's {backbone.wpe.num_embeddings} "
-                         "positions; truncate the input")
+    T, limit = x.shape[1], backbone.wpe.num_embeddings
     if position_ids is None:
-        position_ids = torch.arange(T, device=x.device)  # (T,)
+        position_ids = torch.arange(past, past + T, device=x.device)  # (T,)
+        longest = past + T
+    elif position_ids.device.type == "cpu":
+        longest = int(position_ids.max()) + 1 if position_ids.numel() else 0
+    else:  # not read back: that would synchronise the device; an id past the table fails in the lookup
+        longest = 0
+    if longest > limit:
+        raise ValueError(f"sequence of {longest} tokens is longer than this model's {limit} positions; "
+                         "truncate the input")
     return backbone.drop(x + backbone.wpe(position_ids))  # (B, T, C)
 
 
@@ -210,4 +224,5 @@ FAMILY = Family(
     adapter_sites={"attention": "attn.c_proj", "ffn": "mlp.c_proj"},
     bpe_processor="ByteLevel",
     tokenizer_classes=("GPT2Tokenizer", "GPT2TokenizerFast"),
+    memory=MemorySpec(attention=("attn.c_attn",), mlp=("mlp.c_fc",)),
 )

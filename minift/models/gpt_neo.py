@@ -15,10 +15,11 @@ import torch
 from torch import nn
 
 from minift.models.attention import attention, build_mask
+from minift.models.cache import KVCache, LayerCache
 from minift.models.config import ModelConfig
 from minift.models.gpt2 import GPT2MLP, embed_with_positions
 from minift.models.heads import linear_head, lm_head, score_head
-from minift.models.registry import Family, HeadSpec
+from minift.models.registry import Family, HeadSpec, MemorySpec
 from minift.models.task_model import run_block
 
 
@@ -36,12 +37,15 @@ class GPTNeoSelfAttention(nn.Module):
         self.attn_dropout = config.attention_dropout
         self.resid_dropout = nn.Dropout(config.hidden_dropout)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        """x: (B, T, C); mask: boolean (B, 1, T, T), (T, T) or None (plain causal). Returns (B, T, C)."""
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, cache: LayerCache | None = None) -> torch.Tensor:
+        """x: (B, T, C); mask: boolean (B, 1, T, S), (T, S) or None (plain causal), S = T or, with ``cache`` (the
+        keys and values of earlier tokens), past + T. Returns (B, T, C)."""
         B, T, C = x.shape
         q = self.q_proj(x).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
         k = self.k_proj(x).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
         v = self.v_proj(x).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
+        if cache is not None:
+            k, v = cache.update(k, v)  # (B, nh, S, hs), cached in the activations' dtype
         dropout_p = self.attn_dropout if self.training else 0.0
         # Unscaled scores are large; HF computes them in fp32, so do we.
         y = attention(q.float(), k.float(), v.float(), mask, causal=True, dropout_p=dropout_p, scale=1.0)
@@ -57,9 +61,9 @@ class GPTNeoAttention(nn.Module):
         self.attention_type = attention_type  # "global" | "local"
         self.attention = GPTNeoSelfAttention(config)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, cache: LayerCache | None = None) -> torch.Tensor:
         """(B, T, C) -> (B, T, C)."""
-        return self.attention(x, mask)
+        return self.attention(x, mask, cache)
 
 
 class GPTNeoBlock(nn.Module):
@@ -73,9 +77,9 @@ class GPTNeoBlock(nn.Module):
         self.ln_2 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.mlp = GPT2MLP(config)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, cache: LayerCache | None = None) -> torch.Tensor:
         """(B, T, C) -> (B, T, C)."""
-        x = x + self.attn(self.ln_1(x), mask)
+        x = x + self.attn(self.ln_1(x), mask, cache)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -111,26 +115,30 @@ class GPTNeoModel(nn.Module):
         attention_mask: torch.Tensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
+        cache: KVCache | None = None,
     ) -> torch.Tensor:
         """Final hidden states.
 
         Args:
             input_ids: (B, T) token ids, or None when ``inputs_embeds`` is given.
-            attention_mask: (B, T) 1 (keep) / 0 (pad), or None.
+            attention_mask: (B, T) 1 (keep) / 0 (pad), or None; (B, past + T) with a ``cache`` of past tokens.
             inputs_embeds: (B, T, C) in place of ``input_ids``.
-            position_ids: (B, T) or (T,) positions; default 0..T-1.
+            position_ids: (B, T) or (T,) positions; default past..past+T-1 (0..T-1 without a cache).
+            cache: a ``KVCache`` holding the keys and values of the past tokens; this call appends its T tokens.
 
         Returns:
             (B, T, C).
         """
-        x = embed_with_positions(self, input_ids, inputs_embeds, position_ids)  # (B, T, C)
-        T = x.shape[1]
+        T = (input_ids if inputs_embeds is None else inputs_embeds).shape[1]
+        past = 0 if cache is None else cache.check(len(self.h), T)
+        x = embed_with_positions(self, input_ids, inputs_embeds, position_ids, past)  # (B, T, C)
         masks = {
-            "global": build_mask(attention_mask, T, causal=True, device=x.device),  # (B, 1, T, T) or None
-            "local": build_mask(attention_mask, T, causal=True, window=self.window_size, device=x.device),
+            "global": build_mask(attention_mask, T, causal=True, device=x.device, past=past),  # (B, 1, T, S) or None
+            "local": build_mask(attention_mask, T, causal=True, window=self.window_size, device=x.device, past=past),
         }
-        for block in self.h:
-            x = run_block(block, self.gradient_checkpointing, x, masks[block.attention_type])
+        caches = [None] * len(self.h) if cache is None else cache.layers
+        for block, layer_cache in zip(self.h, caches):
+            x = run_block(block, self.gradient_checkpointing, x, masks[block.attention_type], layer_cache)
         return self.ln_f(x)
 
 
@@ -199,4 +207,6 @@ FAMILY = Family(
     lora_targets=("q_proj", "v_proj"),
     adapter_sites={"attention": "attn.attention.out_proj", "ffn": "mlp.c_proj"},
     bpe_processor="ByteLevel",
+    memory=MemorySpec(attention=("attn.attention.q_proj", "attn.attention.k_proj", "attn.attention.v_proj"),
+                      mlp=("mlp.c_fc",), attention_fp32=True),
 )

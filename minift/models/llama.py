@@ -14,9 +14,10 @@ from torch import nn
 
 from minift.models.activations import activation
 from minift.models.attention import attention, build_mask
+from minift.models.cache import KVCache, LayerCache
 from minift.models.config import ModelConfig
 from minift.models.heads import linear_head, lm_head, score_head
-from minift.models.registry import Family, GGUFSpec, HeadSpec
+from minift.models.registry import Family, GGUFSpec, HeadSpec, MemorySpec
 from minift.models.rope import RotaryEmbedding, apply_rotary, read_rope_config, write_rope_config
 from minift.models.task_model import run_block
 
@@ -60,14 +61,18 @@ class LlamaAttention(nn.Module):
         self.o_proj = nn.Linear(self.num_heads * hs, C, bias=bias)
 
     def forward(
-        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | None
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | None,
+        cache: LayerCache | None = None,
     ) -> torch.Tensor:
-        """x: (B, T, C); cos/sin: (B, T, hs) or (T, hs); mask: boolean (B, 1, T, T) or None. Returns (B, T, C)."""
+        """x: (B, T, C); cos/sin: (B, T, hs) or (T, hs); mask: boolean (B, 1, T, S) or None, S = T or, with
+        ``cache`` (the keys and values of S - T earlier tokens), past + T. Returns (B, T, C)."""
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
         k = self.k_proj(x).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)  # (B, nkv, T, hs)
         v = self.v_proj(x).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)  # (B, nkv, T, hs)
         q, k = apply_rotary(q, k, cos, sin)
+        if cache is not None:
+            k, v = cache.update(k, v)  # (B, nkv, S, hs): rotated at their own positions when cached
         dropout_p = self.dropout if self.training else 0.0
         y = attention(q, k, v, mask, causal=True, dropout_p=dropout_p)  # (B, nh, T, hs)
         y = y.transpose(1, 2).reshape(B, T, self.num_heads * self.head_dim)  # (B, T, nh*hs)
@@ -107,10 +112,11 @@ class LlamaDecoderLayer(nn.Module):
         self.mlp = LlamaMLP(config)
 
     def forward(
-        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | None
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | None,
+        cache: LayerCache | None = None,
     ) -> torch.Tensor:
         """x: (B, T, C) -> (B, T, C)."""
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask)
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, cache)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -154,27 +160,32 @@ class LlamaModel(nn.Module):
         attention_mask: torch.Tensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
+        cache: KVCache | None = None,
     ) -> torch.Tensor:
         """Final hidden states.
 
         Args:
             input_ids: (B, T) token ids, or None when ``inputs_embeds`` is given.
-            attention_mask: (B, T) 1 (keep) / 0 (pad), or None.
+            attention_mask: (B, T) 1 (keep) / 0 (pad), or None; (B, past + T) with a ``cache`` of past tokens.
             inputs_embeds: (B, T, C) input embeddings in place of ``input_ids``.
-            position_ids: (B, T) or (T,) positions; default 0..T-1 (as transformers without a cache).
+            position_ids: (B, T) or (T,) positions; default past..past+T-1 (0..T-1 without a cache, as
+                transformers). Left-padded generation passes positions counted over the real tokens.
+            cache: a ``KVCache`` holding the keys and values of the past tokens; this call appends its T tokens.
 
         Returns:
             (B, T, C).
         """
         x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds  # (B, T, C)
         T = x.shape[1]
+        past = 0 if cache is None else cache.check(len(self.layers), T)
         if position_ids is None:
-            position_ids = torch.arange(T, device=x.device)  # (T,)
+            position_ids = torch.arange(past, past + T, device=x.device)  # (T,)
         cos, sin = self.rotary_emb(position_ids, x.dtype)  # (T, hs) or (B, T, hs)
-        masks = {window: build_mask(attention_mask, T, causal=True, window=window, device=x.device)
-                 for window in {layer.window for layer in self.layers}}  # (B, 1, T, T), (T, T) or None
-        for layer in self.layers:
-            x = run_block(layer, self.gradient_checkpointing, x, cos, sin, masks[layer.window])
+        masks = {window: build_mask(attention_mask, T, causal=True, window=window, device=x.device, past=past)
+                 for window in {layer.window for layer in self.layers}}  # (B, 1, T, S), (T, S) or None
+        caches = [None] * len(self.layers) if cache is None else cache.layers
+        for layer, layer_cache in zip(self.layers, caches):
+            x = run_block(layer, self.gradient_checkpointing, x, cos, sin, masks[layer.window], layer_cache)
         return self.norm(x)
 
 
@@ -244,4 +255,6 @@ FAMILY = Family(
     gguf=GGUFSpec(arch="llama", tensors=GGUF_TENSORS, permute_qk=True, skip=(r"^rope_freqs\.weight$",)),
     lora_targets=("q_proj", "v_proj"),
     adapter_sites=ADAPTER_SITES,
+    memory=MemorySpec(attention=("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
+                      mlp=("mlp.gate_proj", "mlp.up_proj"), norm="rms", dropout=False, positions="rotary"),
 )

@@ -8,7 +8,8 @@ classifier has ``bert.embeddings.word_embeddings.weight`` ... ``classifier.weigh
 
 A backbone (any family) must provide:
 - ``forward(input_ids=None, attention_mask=None, inputs_embeds=None, **kw) -> (B, T, C)`` final hidden
-  states (``token_type_ids`` is passed in ``kw`` only when given);
+  states (``token_type_ids`` is passed in ``kw`` only when given); decoders also take ``position_ids`` and
+  ``cache`` (a ``minift.models.cache.KVCache``), passed only when given;
 - ``get_input_embeddings() -> nn.Embedding``; ``blocks`` (property → the ``nn.ModuleList`` of blocks);
 - a ``gradient_checkpointing`` bool attribute honoured through ``run_block``;
 - a ``pooler`` attribute when a head of the family pools with ``"pooler"``.
@@ -21,6 +22,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from minift.models import heads
+from minift.models.cache import KVCache
 from minift.models.config import ModelConfig
 from minift.models.registry import HEAD_KINDS, get_family
 
@@ -107,14 +109,18 @@ class TaskModel(nn.Module):
 
     def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
                 token_type_ids: torch.Tensor | None = None,
-                inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
+                inputs_embeds: torch.Tensor | None = None, *, position_ids: torch.Tensor | None = None,
+                cache: KVCache | None = None) -> torch.Tensor:
         """Run the backbone and the head.
 
         Args:
             input_ids: ``(B, T)`` token ids; exactly one of ``input_ids`` / ``inputs_embeds``.
-            attention_mask: ``(B, T)`` 1 (keep) / 0 (pad), or None (no padding).
+            attention_mask: ``(B, T)`` 1 (keep) / 0 (pad), or None (no padding); ``(B, past + T)`` with a cache.
             token_type_ids: ``(B, T)`` segment ids (encoders), or None (all 0).
             inputs_embeds: ``(B, T, C)`` input embeddings in place of ``input_ids``.
+            position_ids: decoders: ``(B, T)`` or ``(T,)`` positions, or None (past .. past + T - 1).
+            cache: decoders: a ``KVCache`` of the past tokens' keys and values, which this call extends
+                (``minift.models.generate`` uses it); None runs the sequence on its own.
 
         Returns:
             See the class docstring.
@@ -122,6 +128,11 @@ class TaskModel(nn.Module):
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids or inputs_embeds")
         extra = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
+        for name, value in (("position_ids", position_ids), ("cache", cache)):
+            if value is not None:
+                if not self.is_decoder:
+                    raise ValueError(f"{name} is for decoders; {self.config.model_type} is an encoder")
+                extra[name] = value
         hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds,
                                **extra)  # (B, T, C)
         if self.head_spec is None:

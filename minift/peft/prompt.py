@@ -17,12 +17,17 @@ Where the prompt goes:
 
 Per-token outputs (token classification, causal-LM logits, bare hidden states) come back with the virtual
 positions removed, ``(B, T, ...)``, aligned with the caller's ``input_ids`` and labels.
+
+Generation with a KV cache (decoders, ``minift.models.generate``): the prompt goes in with the first call, while
+the cache is empty; later calls only account for it, the ``n`` virtual tokens being keys in the cache: the mask
+gets their ones and the caller's positions move up by ``n``.
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
 
+from minift.models.cache import KVCache
 from minift.peft.config import PROMPT_INITS
 
 PER_TOKEN_HEADS = (None, "token-classification", "causal-lm")
@@ -111,14 +116,17 @@ class PromptModel(nn.Module):
 
     def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
                 token_type_ids: torch.Tensor | None = None,
-                inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
+                inputs_embeds: torch.Tensor | None = None, *, position_ids: torch.Tensor | None = None,
+                cache: KVCache | None = None) -> torch.Tensor:
         """Same arguments and outputs as ``TaskModel.forward``; per-token outputs are ``(B, T, ...)``.
 
         Args:
             input_ids: (B, T), or ``inputs_embeds`` (B, T, C); exactly one. Encoders: position 0 must be the
                 first special token ([CLS] / ``<s>``), as the tokenizers produce.
-            attention_mask: (B, T) 1 keep / 0 pad, or None.
+            attention_mask: (B, T) 1 keep / 0 pad, or None; with a cache (B, past + T), the prompt not counted.
             token_type_ids: (B, T), or None.
+            position_ids, cache: decoders, for generation (see the module docstring); positions count from the
+                first real token, the prompt not counted.
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids or inputs_embeds")
@@ -126,9 +134,13 @@ class PromptModel(nn.Module):
             inputs_embeds = self.model.get_input_embeddings()(input_ids)  # (B, T, C)
         B = inputs_embeds.shape[0]
         k, n = self.insert_at, self.num_virtual_tokens
-        p = self.prompt(B).to(inputs_embeds.dtype)  # (B, n, C)
-        x = torch.cat([inputs_embeds[:, :k], p, inputs_embeds[:, k:]], dim=1)  # (B, n + T, C)
-        extra = {}
+        fed = n if cache is None or cache.length == 0 else 0  # virtual tokens fed now (not yet in the cache)
+        p = self.prompt(B)[:, :fed].to(inputs_embeds.dtype)  # (B, fed, C)
+        x = torch.cat([inputs_embeds[:, :k], p, inputs_embeds[:, k:]], dim=1)  # (B, fed + T, C)
+        extra = {} if cache is None else {"cache": cache}
+        if position_ids is not None:  # decoders: the prompt holds positions 0 .. n - 1, the caller's tokens follow
+            lead = torch.arange(fed, device=position_ids.device).expand(*position_ids.shape[:-1], fed)
+            extra["position_ids"] = torch.cat([lead, position_ids + n], dim=-1)  # (B, fed + T) or (fed + T,)
         if attention_mask is not None:
             ones = attention_mask.new_ones(B, n)
             attention_mask = torch.cat([attention_mask[:, :k], ones, attention_mask[:, k:]], dim=1)  # (B, n + T)
@@ -138,8 +150,8 @@ class PromptModel(nn.Module):
         try:
             out = self.model(inputs_embeds=x, attention_mask=attention_mask, **extra)
         except ValueError as err:  # e.g. too long for the position table: say that the prompt counts too
-            raise ValueError(f"{err} (the soft prompt adds {n} virtual tokens to the {x.shape[1] - n} input "
+            raise ValueError(f"{err} (the soft prompt adds {n} virtual tokens to the {x.shape[1] - fed} input "
                              f"tokens: truncate inputs to the model's limit minus {n})") from err
         if self.model.head_kind in PER_TOKEN_HEADS:
-            out = torch.cat([out[:, :k], out[:, k + n:]], dim=1)  # (B, T, ...)
+            out = torch.cat([out[:, :k], out[:, k + fed:]], dim=1)  # (B, T, ...)
         return out
