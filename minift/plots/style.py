@@ -80,7 +80,10 @@ def legend_below(fig, handles: list, labels: list) -> None:
         return
     longest = max(len(label) for label in labels)
     columns = max(1, min(len(labels), 3 if longest <= 14 else 2 if longest <= 24 else 1))
-    fig.legend(handles, labels, loc="outside lower center", ncols=columns)
+    # matplotlib fills a legend column by column; reorder so it reads in the given order row by row
+    rows = -(-len(labels) // columns)
+    order = [r * columns + c for c in range(columns) for r in range(rows) if r * columns + c < len(labels)]
+    fig.legend([handles[i] for i in order], [labels[i] for i in order], loc="outside lower center", ncols=columns)
 
 
 def save(fig, path: str | Path, fmt: str | None = None) -> Path:

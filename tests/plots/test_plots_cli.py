@@ -82,11 +82,14 @@ def test_bad_by_and_metric_are_exit_2(tmp_path, capsys):
     assert "metric 'bleu' is in none of the runs; they have: accuracy, macro_f1, micro_f1" in capsys.readouterr().err
 
 
-def test_module_command_runs(tmp_path):
+def test_module_command_runs_and_importing_loads_no_matplotlib(tmp_path):
     (tmp_path / "empty").mkdir()
     done = subprocess.run([sys.executable, "-m", "minift.plots", str(tmp_path / "empty")], capture_output=True,
                           text=True)
     assert done.returncode == 2 and "error: no run folders" in done.stderr
+    probe = "import sys, minift.plots; print('matplotlib' in sys.modules, 'torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True).stdout.split() == \
+        ["False", "False"]
 
 
 def test_missing_matplotlib_says_how_to_install(tmp_path, monkeypatch, capsys):

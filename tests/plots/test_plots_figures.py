@@ -36,6 +36,13 @@ def assert_legend_outside_axes(fig):
         assert box.y1 <= ax.get_window_extent(renderer).y0 + 1, "the legend is not below the axes"
 
 
+def legend_reading_order(fig) -> list:
+    """The legend's entries as a reader sees them: row by row, left to right."""
+    renderer = fig.canvas.get_renderer()
+    boxes = [(t.get_window_extent(renderer), t.get_text()) for t in fig.legends[0].get_texts()]
+    return [text for box, text in sorted(boxes, key=lambda b: (-round(b[0].y0), b[0].x0))]
+
+
 def assert_no_overlapping_tick_labels(fig):
     renderer = fig.canvas.get_renderer()
     for ax in fig.axes:
@@ -63,6 +70,7 @@ def test_run_figure_has_loss_metrics_and_learning_rate_with_epochs(tmp_path):
     assert top.get_xlabel() == "epoch" and [t.get_text() for t in top.get_xticklabels()] == ["1", "2", "3"]
     assert fig._suptitle.get_text() == "sst2 · lora · roberta-base · seed 42"
     assert_legend_outside_axes(fig)
+    assert legend_reading_order(fig) == ["training loss", "validation loss", "accuracy", "micro_f1", "macro_f1"]
     assert_no_overlapping_tick_labels(fig)
 
 
