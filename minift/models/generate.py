@@ -251,7 +251,7 @@ def warp_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int | Non
     """transformers' ``TemperatureLogitsWarper``, ``TopKLogitsWarper`` and ``TopPLogitsWarper``, in that order.
 
     Args:
-        logits: (B, V) next-token scores (computed on in fp32).
+        logits: (B, V) next-token scores (warped in fp32, as transformers does).
         temperature: scores are divided by it.
         top_k: keep the k highest scores (ties with the k-th kept); None or 0: off.
         top_p: nucleus sampling (Holtzman et al., https://arxiv.org/abs/1904.09751): keep the smallest set of
