@@ -11,7 +11,8 @@ A new family is one entry there; tests that loop over ``FAMILIES`` then cover it
 - ``feature_rows`` / ``collate``: feature dicts and their padded batch (training-loop tests).
 - ``cli_assets(root)``: a BERT folder with a WordPiece ``vocab.txt`` and a learnable CSV task (command-line runs).
 
-transformers is imported only by the functions that build its models, so tests without it import this module.
+conftest.py imports this module for every test, so it imports only torch and minift.models up front; transformers,
+minift.data and minift.peft are imported by the functions that need them.
 """
 from __future__ import annotations
 
@@ -19,16 +20,18 @@ import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import pytest
 import torch
 
 from minift.models import ModelConfig, load_pretrained
 
+if TYPE_CHECKING:
+    from minift.peft.config import Method
+
 VOCAB = 100
 CLS = 2  # the id encoder rows start with ([CLS] / <s> role); ids below 4 are kept for special tokens
-IGNORE = -100  # the label of positions without a loss (minift.data.example.IGNORE_INDEX)
 
 
 def _heads(name: str, causal_lm: str | None = None) -> dict[str | None, str]:
@@ -81,6 +84,8 @@ FAMILIES: dict[str, Spec] = {
 }
 ENCODERS = tuple(f for f, spec in FAMILIES.items() if not spec.is_decoder)
 DECODERS = tuple(f for f, spec in FAMILIES.items() if spec.is_decoder)
+# PEFT options sized for these models (width 32); every other option is minift.peft's default
+PEFT_OPTIONS = {"lora": {"r": 4}, "adapter": {"size": 8}, "bitfit": {}, "prompt": {"length": 4}}
 
 
 def _transformers():
@@ -194,12 +199,14 @@ def batch(family: str, B: int = 3, T: int = 10, padding: str | None = "right", *
 
 def labels(batch: dict[str, torch.Tensor], head: str, num_labels: int = 3) -> torch.Tensor:
     """Random labels of a ``head`` for ``batch`` (-100 on padding for per-token heads)."""
+    from minift.data.example import IGNORE_INDEX
+
     ids, mask = batch["input_ids"], batch.get("attention_mask", torch.ones_like(batch["input_ids"]))
     B, T = ids.shape
     if head == "causal-lm":
-        return ids.masked_fill(mask == 0, IGNORE)
+        return ids.masked_fill(mask == 0, IGNORE_INDEX)
     if head == "token-classification":
-        return torch.randint(0, num_labels, (B, T)).masked_fill(mask == 0, IGNORE)
+        return torch.randint(0, num_labels, (B, T)).masked_fill(mask == 0, IGNORE_INDEX)
     if head == "classification":
         return torch.randint(0, num_labels, (B,))
     if head == "regression":
@@ -209,7 +216,7 @@ def labels(batch: dict[str, torch.Tensor], head: str, num_labels: int = 3) -> to
 
 # --- minift models without transformers (memory tests) ---------------------------------------------------------
 
-def model_config(family: str, *, dropout: float = 0.0, num_labels: int | None = None, **fields) -> ModelConfig:
+def model_config(family: str, *, dropout: float = 0.0, num_labels: int = 3, **fields) -> ModelConfig:
     """The minift ``ModelConfig`` of the tiny ``family`` (read from the table as a config.json would be).
 
     ``dropout`` sets the hidden, attention and embedding dropouts; ``fields`` override ``ModelConfig`` fields
@@ -218,20 +225,31 @@ def model_config(family: str, *, dropout: float = 0.0, num_labels: int | None = 
     config = ModelConfig.from_hf({"model_type": family, **FAMILIES[family].kwargs})
     config = dataclasses.replace(config, hidden_dropout=dropout, attention_dropout=dropout,
                                  embedding_dropout=dropout, **fields)
-    return config.with_labels(num_labels) if num_labels is not None else config
+    return config.with_labels(num_labels)
 
 
-def random_model(config: ModelConfig, head: str | None = None, std: float = 0.02) -> torch.nn.Module:
-    """A minift model of ``config`` with every parameter drawn from N(0, std²), in train mode."""
+def random_model(config: ModelConfig, head: str | None = None, method: str | Method = "full", *,
+                 checkpointing: bool = False, std: float = 0.02) -> torch.nn.Module:
+    """A minift model of ``config`` with every parameter drawn from N(0, std²), ``method`` applied, in train mode.
+
+    ``method``: a ``minift.peft.config.Method``, or a method name (then with ``PEFT_OPTIONS``).
+    """
     from minift.models.load import build_model
     from minift.models.registry import get_family
+    from minift.peft import apply
+    from minift.peft.config import Method
 
+    if isinstance(method, str):
+        method = Method.of(method, **PEFT_OPTIONS.get(method, {}))
     if head == "regression":
         config = config.with_labels(1)
     model = build_model(config, get_family(config.model_type), head)
     with torch.no_grad():
         for p in model.parameters():
             p.normal_(0.0, std)
+    if method.name != "full":
+        model = apply(model, method)
+    model.gradient_checkpointing = checkpointing
     return model.train()
 
 
@@ -242,6 +260,8 @@ def feature_rows(n: int, lengths: list[int], kind: str, num_labels: int = 3, see
 
     ``kind`` "classification": one class per row; "causal-lm": the ids, -100 on a random-length prompt.
     """
+    from minift.data.example import IGNORE_INDEX
+
     g = torch.Generator().manual_seed(seed)
     rows = []
     for i in range(n):
@@ -251,7 +271,7 @@ def feature_rows(n: int, lengths: list[int], kind: str, num_labels: int = 3, see
             label = torch.randint(0, num_labels, (), generator=g)
         elif kind == "causal-lm":
             label = ids.clone()
-            label[: int(torch.randint(1, t, (), generator=g))] = IGNORE
+            label[: int(torch.randint(1, t, (), generator=g))] = IGNORE_INDEX
         else:
             raise ValueError(f"feature_rows makes classification or causal-lm rows, not {kind!r}")
         rows.append({"input_ids": ids, "labels": label})
@@ -260,11 +280,13 @@ def feature_rows(n: int, lengths: list[int], kind: str, num_labels: int = 3, see
 
 def collate(rows: list[dict]) -> dict[str, torch.Tensor]:
     """Right-pad feature dicts into a batch (pad id 0; per-token labels -100 on padding)."""
+    from minift.data.example import IGNORE_INDEX
+
     T = max(len(r["input_ids"]) for r in rows)
     ids = torch.zeros(len(rows), T, dtype=torch.long)
     mask = torch.zeros(len(rows), T, dtype=torch.long)
     per_token = rows[0]["labels"].ndim == 1
-    labels = (torch.full((len(rows), T), IGNORE, dtype=torch.long) if per_token
+    labels = (torch.full((len(rows), T), IGNORE_INDEX, dtype=torch.long) if per_token
               else torch.stack([r["labels"] for r in rows]))
     for i, r in enumerate(rows):
         t = len(r["input_ids"])

@@ -1,19 +1,18 @@
 """PEFT on a CUDA device: parameters follow the base model's device and dtype, bf16 autocast training keeps
 frozen weights bit-identical, a bf16 merge equals the fp32-computed delta cast back. Skipped without a GPU."""
+import kit
 import pytest
 import torch
 
 from minift.models import load_pretrained
 from minift.peft import apply, merge, trainable_parameters
 
-OPTIONS = {"lora": {"r": 4}, "adapter": {"size": 8}, "bitfit": {}, "prompt": {"length": 4}}
-
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("method", list(OPTIONS))
+@pytest.mark.parametrize("method", list(kit.PEFT_OPTIONS))
 def test_autocast_training_on_cuda(tiny, tiny_batch, method):
     t = tiny("bert", "classification")
-    model = apply(t.load().cuda(), method, **OPTIONS[method])
+    model = apply(t.load().cuda(), method, **kit.PEFT_OPTIONS[method])
     assert all(p.is_cuda for p in model.parameters())
     b = {k: v.cuda() for k, v in tiny_batch("bert").items()}
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
