@@ -38,8 +38,18 @@ __all__ = [
 _QUANTISABLE = (nn.Linear, *NF4_PEFT_LAYERS)
 
 
-def _quantisable(module: nn.Module) -> bool:
-    return type(module) in _QUANTISABLE
+def _base_linears(block: nn.Module) -> list[str]:
+    """Names of the block's base linear layers: plain ``nn.Linear`` and fp LoRA / adapter layers, but not the
+    linears a PEFT method added (an adapter's ``down`` / ``up`` train, so they stay in full precision)."""
+    names, peft_owned = [], []
+    for name, module in block.named_modules():
+        if any(name.startswith(owner + ".") for owner in peft_owned):
+            continue
+        if callable(getattr(type(module), "adapter_params", None)):
+            peft_owned.append(name)
+        if type(module) in _QUANTISABLE:
+            names.append(name)
+    return names
 
 
 def quantize_model(model: nn.Module, targets: list[str] | None = None, block_size: int = BLOCK_SIZE,
@@ -65,13 +75,11 @@ def quantize_model(model: nn.Module, targets: list[str] | None = None, block_siz
             ``peft.apply``) would be frozen by quantisation.
     """
     spec = find_peft_spec(model)
-    names = [[name for name, m in block.named_modules() if _quantisable(m) and _wanted(name, targets)]
-             for block in model.blocks]
+    names = [[name for name in _base_linears(block) if _wanted(name, targets)] for block in model.blocks]
     if targets is not None:
         found = {t for t in targets if any(_wanted(name, [t]) for name in itertools.chain(*names))}
         if set(targets) - found:
-            known = sorted({name.rpartition(".")[2] for block in model.blocks for name, m in block.named_modules()
-                            if _quantisable(m)})
+            known = sorted({name.rpartition(".")[2] for block in model.blocks for name in _base_linears(block)})
             raise ValueError(f"quantize targets {sorted(set(targets) - found)} match no linear layer of the blocks; "
                              f"their linear layers are {known}")
     for block, block_names in zip(model.blocks, names):
@@ -81,7 +89,11 @@ def quantize_model(model: nn.Module, targets: list[str] | None = None, block_siz
             old = getattr(parent, child)
             if spec is not None and old.weight.requires_grad:
                 raise ValueError(f"{name}.weight trains under {spec.name!r}; only frozen weights can be quantised")
-            setattr(parent, child, to_nf4(old, block_size, double_quant))
+            trains_bias = spec is not None and old.bias is not None and old.bias.requires_grad  # BitFit
+            new = to_nf4(old, block_size, double_quant)
+            if trains_bias:
+                new.bias.requires_grad_(True)
+            setattr(parent, child, new)
             del old  # the last reference to the fp weight: freed here, before the next layer is quantised
     return model
 

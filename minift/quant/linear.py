@@ -81,7 +81,7 @@ class NF4Linear(nn.Module):
         for name, field in BUFFERS.items():
             t = getattr(empty, field)
             if t is not None:
-                self.register_buffer(name, torch.empty_like(t, device=device))
+                self.register_buffer(name, torch.empty(t.shape, dtype=t.dtype, device=device))
         bias_tensor = torch.zeros(out_features, device=device, dtype=self.compute_dtype) if bias else None
         self.bias = nn.Parameter(bias_tensor, requires_grad=False) if bias else None
 
@@ -91,8 +91,9 @@ class NF4Linear(nn.Module):
                     compute_dtype: torch.dtype | None = None) -> NF4Linear:
         """Quantise ``linear``'s weight in one pass (on its device) into a new ``NF4Linear``.
 
-        The bias parameter object is reused when it is already in ``compute_dtype`` (default: the weight's dtype),
-        so a trainable-bias choice made on it is kept; the caller drops ``linear`` to free the fp weight.
+        The bias is frozen (reused as it is when already in ``compute_dtype``, default: the weight's dtype; a
+        method that trains it, BitFit, sets ``requires_grad`` afterwards). The caller drops ``linear`` to free the
+        fp weight.
         """
         weight = linear.weight
         dtype = compute_dtype or weight.dtype
@@ -105,8 +106,8 @@ class NF4Linear(nn.Module):
         if linear.bias is not None:
             bias = linear.bias
             if bias.dtype != dtype:
-                bias = nn.Parameter(bias.detach().to(dtype), requires_grad=bias.requires_grad)
-            new.bias = bias
+                bias = nn.Parameter(bias.detach().to(dtype))
+            new.bias = bias.requires_grad_(False)
         new.train(linear.training)
         return new
 

@@ -212,7 +212,7 @@ def _quantize_absmax(absmax: torch.Tensor, block_size: int):
     """fp32 absmax (nb,) → (uint8 (nb,), fp32 scale per block of ``block_size``, fp32 mean ()) (§3)."""
     num = -(-absmax.numel() // block_size)
     if absmax.is_meta:
-        return (torch.empty_like(absmax, dtype=torch.uint8), absmax.new_empty(num), absmax.new_empty(()))
+        return absmax.new_empty(absmax.shape, dtype=torch.uint8), absmax.new_empty(num), absmax.new_empty(())
     offset = absmax.mean()
     q, scale = _blockwise(absmax - offset, block_size, dynamic_code(absmax.device), 0, num)
     return q.view(-1)[: absmax.numel()].contiguous(), scale, offset
@@ -241,7 +241,8 @@ def dequantize_nf4(record: NF4Weight, dtype: torch.dtype = torch.float32) -> tor
     out = torch.empty(record.num_blocks * bs, dtype=dtype, device=record.device)
     for start in range(0, record.num_blocks, _CHUNK_BLOCKS):
         stop = min(start + _CHUNK_BLOCKS, record.num_blocks)
-        pairs = table[record.codes[start * bs // 2: stop * bs // 2].long()]  # (nb * bs / 2, 2)
-        values = pairs.view(stop - start, bs) * absmax[start:stop].unsqueeze(1)  # (nb, bs) fp32
-        out[start * bs: stop * bs] = values.view(-1)
+        pairs = table[record.codes[start * bs // 2: stop * bs // 2].long()]  # (nb * bs / 2, 2) fp32
+        # product in fp32, rounded once into the output (one kernel: no separate fp32 result and cast)
+        torch.mul(pairs.view(stop - start, bs), absmax[start:stop].unsqueeze(1),
+                  out=out[start * bs: stop * bs].view(stop - start, bs))  # (nb, bs)
     return out[: record.numel].view(record.shape)
