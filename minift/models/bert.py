@@ -16,7 +16,7 @@ from minift.models.attention import attention, build_mask
 from minift.models.config import ModelConfig
 from minift.models.errors import ConfigError
 from minift.models.heads import linear_head
-from minift.models.registry import Family, HeadSpec
+from minift.models.registry import Family, HeadSpec, MemorySpec
 from minift.models.task_model import run_block
 
 
@@ -259,4 +259,7 @@ FAMILY = Family(
     optional=(r"^bert\.pooler\.",),  # absent from *ForTokenClassification checkpoints; unused by some heads
     lora_targets=("query", "value"),
     adapter_sites=ADAPTER_SITES,
+    memory=MemorySpec(attention=("attention.self.query", "attention.self.key", "attention.self.value"),
+                      mlp=("intermediate.dense",), post_norm=True, token_types=True, embedding_norm=True,
+                      pooler=("dense", "tanh")),
 )

@@ -1,4 +1,5 @@
-"""How a model family plugs into minift: ``Family``, ``HeadSpec``, ``KeyTransform`` and the family table.
+"""How a model family plugs into minift: ``Family``, ``HeadSpec``, ``KeyTransform``, ``MemorySpec`` and the family
+table.
 
 Each family module (``bert.py``, ``roberta.py``, ``gpt2.py``, ``gpt_neo.py``, ``llama.py``) defines one
 module-level ``FAMILY = Family(...)``. ``FAMILIES`` below maps ``model_type`` to that module's import path;
@@ -71,6 +72,41 @@ class GGUFSpec:
 
 
 @dataclass(frozen=True)
+class MemorySpec:
+    """How a family's forward spends activation memory, where its module tree cannot say.
+
+    ``minift.memory`` replays a training forward on a symbolic tape (``memory/activations.py``) from this and
+    from the model itself, built on the meta device: linear shapes, biases, PEFT wrapping, what trains, the head
+    modules and a tied embedding are read there. Names are block-relative HF keys (below ``model.blocks[i]``);
+    the sub-layers' output projections are the family's ``adapter_sites`` ("attention", "ffn"), and the layers
+    ``config.attention_layers`` marks "local" attend to a sliding window (an explicit (T, T) mask).
+    """
+
+    attention: tuple[str, ...]  # the q, k, v projections in that order, or one fused qkv projection (GPT-2)
+    mlp: tuple[str, ...]  # the MLP's input projections: (up,) for down(act(up(x))), (gate, up) for SwiGLU
+    #                       down(act(gate(x)) * up(x))
+    norm: str = "layer"  # "layer" (nn.LayerNorm) | "rms" (RMSNorm computed in fp32, as Llama's)
+    post_norm: bool = False  # norm(x + sublayer(x)) (BERT); else pre-norm x + sublayer(norm(x)) and a final norm
+    dropout: bool = True  # hidden_dropout on each sub-layer's output and embedding_dropout after the embeddings
+    attention_fp32: bool = False  # q, k, v cast to fp32 for the attention (GPT-Neo's unscaled scores)
+    positions: str = "learned"  # "learned": a position table read with one (T,) row of ids; "learned-per-row":
+    #                             (B, T) ids counted from input_ids (RoBERTa); "rotary": RoPE cos/sin tables
+    token_types: bool = False  # a token-type embedding is added to the input embeddings
+    embedding_norm: bool = False  # LayerNorm after the embeddings
+    pooler: tuple[str, ...] = ()  # the backbone's ``pooler`` on the first token (heads pooling "pooler"), as steps:
+    #                               a linear's name in it, "tanh" or "dropout" (the head dropout)
+    head_steps: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # head kind → its module's forward
+    #                               as steps, for a head that is more than one nn.Linear (RoBERTa's classifier)
+
+    def __post_init__(self):
+        if len(self.attention) not in (1, 3) or len(self.mlp) not in (1, 2):
+            raise ValueError(f"MemorySpec: attention names q, k, v or one fused projection and mlp (up,) or "
+                             f"(gate, up), got {self.attention} and {self.mlp}")
+        if self.norm not in ("layer", "rms") or self.positions not in ("learned", "learned-per-row", "rotary"):
+            raise ValueError(f"MemorySpec: unknown norm {self.norm!r} or positions {self.positions!r}")
+
+
+@dataclass(frozen=True)
 class Family:
     """Everything minift knows about one model family; ``peft``, ``memory``, ``data`` and ``gguf`` read it here.
 
@@ -104,6 +140,7 @@ class Family:
     #                                       that sub-layer's output projection (where a bottleneck adapter goes)
     bpe_processor: str | None = None  # vocab.json + merges.txt tokenizers: "RobertaProcessing" | "ByteLevel"
     tokenizer_classes: tuple[str, ...] = ()  # tokenizer_config.json "tokenizer_class" values of this family
+    memory: MemorySpec | None = None  # how its forward spends activation memory (minift.memory); None: no estimate
 
     def head_spec(self, head_kind: str | None) -> HeadSpec | None:
         """The spec of ``head_kind`` (None → None), or a ``ModelLoadError`` naming the supported heads."""

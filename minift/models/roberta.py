@@ -13,7 +13,7 @@ import torch
 from minift.models.bert import ADAPTER_SITES, CONFIG_DEFAULTS, CONFIG_KEYS, BertEmbeddings, BertModel, read_config
 from minift.models.config import ModelConfig
 from minift.models.heads import linear_head, roberta_head
-from minift.models.registry import Family, HeadSpec
+from minift.models.registry import Family, HeadSpec, MemorySpec
 
 
 class RobertaEmbeddings(BertEmbeddings):
@@ -75,4 +75,9 @@ FAMILY = Family(
     adapter_sites=ADAPTER_SITES,
     bpe_processor="RobertaProcessing",  # <s> A </s></s> B </s>
     tokenizer_classes=("RobertaTokenizer", "RobertaTokenizerFast"),
+    memory=MemorySpec(attention=("attention.self.query", "attention.self.key", "attention.self.value"),
+                      mlp=("intermediate.dense",), post_norm=True, positions="learned-per-row", token_types=True,
+                      embedding_norm=True,
+                      head_steps=dict.fromkeys(("classification", "regression"),
+                                               ("dropout", "dense", "tanh", "dropout", "out_proj"))),
 )
