@@ -16,7 +16,6 @@ import torch.nn.functional as F
 from minift.data.example import IGNORE_INDEX
 
 
-
 def target_count(kind: str, labels: torch.Tensor) -> int:
     """The number of loss terms a batch contributes (host tensor in, so no device sync)."""
     if kind in ("classification", "regression"):

@@ -14,10 +14,8 @@ from contextlib import contextmanager
 from tokenizers import Tokenizer
 
 from minift.data.errors import DataError
-from minift.data.example import Example, Task
+from minift.data.example import IGNORE_INDEX, Example, Task
 from minift.data.tokenizer import SpecialIds, special_ids, uses_token_type_ids
-from minift.data.example import IGNORE_INDEX
-
 
 
 @contextmanager

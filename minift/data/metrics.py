@@ -7,9 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from minift.data.example import Task
+from minift.data.example import IGNORE_INDEX, Task
 from minift.data.ner import ner_scores
-from minift.data.example import IGNORE_INDEX
 
 
 def _array(values) -> np.ndarray:

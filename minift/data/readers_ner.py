@@ -43,10 +43,8 @@ def _words(text: str, boundaries: set[int]) -> list[tuple[int, int]]:
     spans = []
     for match in _WORD.finditer(text):
         start, end = match.span()
-        if end - start > 1 and text[end - 1] == ".":
-            pieces = [(start, end - 1), (end - 1, end)]
-        else:
-            pieces = [(start, end)]
+        split_stop = end - start > 1 and text[end - 1] == "."  # a final "." is its own word
+        pieces = [(start, end - 1), (end - 1, end)] if split_stop else [(start, end)]
         for s, e in pieces:
             cuts = [b for b in boundaries if s < b < e]
             for b in sorted(cuts):
@@ -87,7 +85,7 @@ def brat_to_sentences(text: str, entities: list[tuple[int, int, str, str]], wher
             tags[i], inside[i] = BIO_LABELS.index(f"I-{kind}"), True
             i += 1
     sentences, current = [], []
-    for i, (s, e) in enumerate(spans):
+    for i, (s, _) in enumerate(spans):
         if current and not inside[i]:
             previous_end = spans[current[-1]][1]
             newline = "\n" in text[previous_end:s]

@@ -17,7 +17,6 @@ from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre
 from minift.data.errors import DataError
 
 
-
 def load_tokenizer(path: str | Path) -> Tokenizer:
     """The tokenizer of a model folder or ``.gguf`` file.
 

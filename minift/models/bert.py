@@ -213,7 +213,8 @@ def _build(config: ModelConfig, head_kind: str | None) -> BertModel:
 def read_config(d: dict, values: dict) -> None:
     """Only absolute positions exist in minift's BERT family (RoBERTa shares this check)."""
     if d.get("position_embedding_type", "absolute") != "absolute":
-        raise ConfigError(f"position_embedding_type {d['position_embedding_type']!r} is not supported (only 'absolute')")
+        raise ConfigError(f"position_embedding_type {d['position_embedding_type']!r} is not supported "
+                          "(only 'absolute')")
 
 
 # config.json keys of BERT-style encoders (RoBERTa reads the same): ModelConfig field → HF key(s).

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
+
 from minift.models.errors import ConfigError
 from minift.models.registry import FAMILIES, detect_model_type, get_family
 

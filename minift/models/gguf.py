@@ -316,7 +316,8 @@ def _sentencepiece_bpe(reader, path, tokens: list[str]):
     vocab = {tok: i for i, tok in enumerate(tokens)}
     merges = []
     for piece, score in zip(tokens, scores):
-        local = [(piece[:i], piece[i:], score) for i in range(1, len(piece)) if piece[:i] in vocab and piece[i:] in vocab]
+        local = [(piece[:i], piece[i:], score) for i in range(1, len(piece))
+                 if piece[:i] in vocab and piece[i:] in vocab]
         merges += sorted(local, key=lambda m: (vocab[m[0]], vocab[m[1]]))
     merges.sort(key=lambda m: (m[2], len(m[0]), len(m[1])), reverse=True)
     tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=[(left, right) for left, right, _ in merges],

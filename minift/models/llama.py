@@ -242,7 +242,9 @@ FAMILY = Family(
         "classification": HeadSpec(
             key="score", build=score_head, pooling="last", hf_class="LlamaForSequenceClassification"
         ),
-        "regression": HeadSpec(key="score", build=score_head, pooling="last", hf_class="LlamaForSequenceClassification"),
+        "regression": HeadSpec(
+            key="score", build=score_head, pooling="last", hf_class="LlamaForSequenceClassification"
+        ),
         # dropout then Linear(C, num_labels) with bias on every token, as transformers' LlamaForTokenClassification
         "token-classification": HeadSpec(
             key="score", build=linear_head, pooling="tokens", hf_class="LlamaForTokenClassification", dropout=True

@@ -33,22 +33,15 @@ def apply(model: nn.Module, method: str | Method, *, train_head: bool | None = N
         ``model`` itself (LoRA, adapter, BitFit) or a ``PromptModel`` wrapping it (prompt). Either has a
         ``peft_spec`` attribute: the ``Method`` applied, with ``train_head`` resolved.
     """
-    if isinstance(method, Method):
-        if options or train_head is not None:
-            raise TypeError("apply(model, Method(...)) takes no further options: put them in the Method")
-        spec = method
-    else:
-        spec = Method(method, method_config(method, options), train_head)
-    if spec.name == "full":
-        raise ValueError("'full' is not a PEFT method: full fine-tuning trains every parameter as loaded")
+    spec = _as_method(method, train_head, options)
     if find_peft_spec(model) is not None or peft_modules(model):
         raise ValueError("this model already has PEFT applied; apply one method to a fresh model "
                          "(minift.models.load_pretrained)")
-    cfg, family = spec.config, model.family
+    cfg = spec.config
     train_head = _resolve_train_head(model, spec.train_head)
     if spec.name == "bitfit" and not bias_params(model.backbone):
-        raise ValueError(f"BitFit trains bias terms, but this {family.model_type} backbone has none (e.g. Llama "
-                         "without attention_bias/mlp_bias); use method 'lora' or 'adapter' instead")
+        raise ValueError(f"BitFit trains bias terms, but this {model.family.model_type} backbone has none (e.g. "
+                         "Llama without attention_bias/mlp_bias); use method 'lora' or 'adapter' instead")
     if spec.name == "lora":
         _apply_lora(model, cfg)
     elif spec.name == "adapter":
@@ -58,6 +51,26 @@ def apply(model: nn.Module, method: str | Method, *, train_head: bool | None = N
             raise ValueError("prompt init 'text' needs token_ids: tokenise the text with the model's tokenizer "
                              "(minift.train does it for --prompt-text)")
         model = PromptModel(model, SoftPrompt(cfg.length, model.get_input_embeddings(), cfg.init, cfg.token_ids))
+    _choose_trainable(model, spec.name, train_head)
+    model.peft_spec = Method(spec.name, cfg, train_head)
+    return model
+
+
+def _as_method(method: str | Method, train_head: bool | None, options: dict) -> Method:
+    if isinstance(method, Method):
+        if options or train_head is not None:
+            raise TypeError("apply(model, Method(...)) takes no further options: put them in the Method")
+        spec = method
+    else:
+        spec = Method(method, method_config(method, options), train_head)
+    if spec.name == "full":
+        raise ValueError("'full' is not a PEFT method: full fine-tuning trains every parameter as loaded")
+    return spec
+
+
+def _choose_trainable(model: nn.Module, method: str, train_head: bool) -> None:
+    """``requires_grad`` by structure: the PEFT modules' ``adapter_params()``, the head when it trains, and every
+    bias under BitFit; everything else is frozen."""
     base = model.model if isinstance(model, PromptModel) else model
     for p in model.parameters():
         p.requires_grad_(False)
@@ -67,12 +80,10 @@ def apply(model: nn.Module, method: str | Method, *, train_head: bool | None = N
     if train_head and base.head is not None:
         for p in base.head.parameters():
             p.requires_grad_(True)
-    if spec.name == "bitfit":
+    if method == "bitfit":
         head_biases = bias_params(base.head) if base.head is not None else {}
         for p in [*bias_params(base.backbone).values(), *head_biases.values()]:
             p.requires_grad_(True)
-    model.peft_spec = Method(spec.name, cfg, train_head)
-    return model
 
 
 def _resolve_train_head(model: nn.Module, train_head: bool | None) -> bool:

@@ -72,7 +72,8 @@ class AdapterConfig:
             if not isinstance(rf, (int, float)) or isinstance(rf, bool) or rf <= 0:
                 raise ValueError(f"adapter reduction_factor must be a positive number, got {rf!r}")
         if self.placement not in ADAPTER_PLACEMENTS:
-            raise ValueError(f"unknown adapter placement {self.placement!r}; choose one of {sorted(ADAPTER_PLACEMENTS)}")
+            raise ValueError(f"unknown adapter placement {self.placement!r}; "
+                             f"choose one of {sorted(ADAPTER_PLACEMENTS)}")
         if self.activation not in ADAPTER_ACTIVATIONS:
             raise ValueError(f"unknown adapter activation {self.activation!r}; choose one of {ADAPTER_ACTIVATIONS}")
 

@@ -13,9 +13,11 @@ same ``nn.Parameter`` objects), so swapping it into a model moves no checkpoint 
 from __future__ import annotations
 
 import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
 
 class LoRALinear(nn.Linear):
     """An ``nn.Linear`` with a trainable rank-``r`` update on a side path.
@@ -123,7 +125,7 @@ class LoRALinear(nn.Linear):
         return {"lora_A": self.lora_A, "lora_B": self.lora_B}
 
     def to_linear(self) -> nn.Linear:
-        """A plain ``nn.Linear`` sharing this layer's ``weight`` / ``bias`` (call ``merge()`` first to keep the update)."""
+        """A plain ``nn.Linear`` sharing this layer's ``weight`` / ``bias`` (``merge()`` first to keep the update)."""
         linear = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None, device="meta")
         linear.weight = self.weight
         linear.bias = self.bias
