@@ -5,7 +5,8 @@ for the matrix of issue 6 and writes a markdown table (and JSON) of estimated vs
 memory, with the error in %:
 
 - a Llama-3.2-3B-shaped model (3.21B parameters), batch 1, 2, 4 × 512 tokens: full fine-tuning in fp32, in
-  fp32 master weights + bf16 autocast, in pure bf16; LoRA r=8 on q,v in bf16 and in fp32 + bf16 autocast;
+  fp32 master weights + bf16 autocast (``bf16``), in pure bf16 (``bf16-pure``); LoRA r=8 on q,v in pure bf16 and
+  in fp32 + bf16 autocast;
 - BERT-base (classification, batch 32 × 128) with every method, fp32 and fp32 + bf16 autocast;
 - 1B decoders (batch 4 × 512, bf16 autocast): GPT-Neo-1.3B with every method, Llama-3.2-1B with every method
   it supports (it has no biases, so no BitFit).
@@ -31,10 +32,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from minift.memory.estimate import Setup, estimate
-from minift.memory.params import Method
-from minift.memory.presets import resolve_model
 from minift.memory.profile import profile_training
 from minift.memory.report import human
+from minift.models.presets import resolve_model
+from minift.peft.config import Method
 
 GiB = 1024**3
 
@@ -42,16 +43,16 @@ GiB = 1024**3
 def cases() -> list[tuple[str, Method, Setup]]:
     out = []
     for batch in (1, 2, 4):
-        for method, precision in (("full", "fp32"), ("full", "mixed-bf16"), ("full", "bf16"), ("lora", "bf16"),
-                                  ("lora", "mixed-bf16")):
-            out.append(("llama-3.2-3b", Method(method), Setup(batch_size=batch, seq_len=512, precision=precision)))
-    for precision in ("fp32", "mixed-bf16"):
+        for method, precision in (("full", "fp32"), ("full", "bf16"), ("full", "bf16-pure"), ("lora", "bf16-pure"),
+                                  ("lora", "bf16")):
+            out.append(("llama-3.2-3b", Method(method), Setup(batch_size=batch, max_length=512, precision=precision)))
+    for precision in ("fp32", "bf16"):
         for method in ("full", "lora", "adapter", "bitfit", "prompt"):
-            out.append(("bert-base", Method(method), Setup(batch_size=32, seq_len=128, precision=precision)))
+            out.append(("bert-base", Method(method), Setup(batch_size=32, max_length=128, precision=precision)))
     for method in ("full", "lora", "adapter", "bitfit", "prompt"):
-        out.append(("gpt-neo-1.3b", Method(method), Setup(batch_size=4, seq_len=512, precision="mixed-bf16")))
+        out.append(("gpt-neo-1.3b", Method(method), Setup(batch_size=4, max_length=512, precision="bf16")))
     for method in ("full", "lora", "adapter", "prompt"):
-        out.append(("llama-3.2-1b", Method(method), Setup(batch_size=4, seq_len=512, precision="mixed-bf16")))
+        out.append(("llama-3.2-1b", Method(method), Setup(batch_size=4, max_length=512, precision="bf16")))
     return out
 
 
@@ -63,7 +64,7 @@ def run(selected: list[tuple[str, Method, Setup]], steps: int, max_minutes: floa
             break
         config, _ = resolve_model(name)
         row = {"model": name, "method": method.label(), "precision": setup.precision,
-               "batch": setup.batch_size, "seq_len": setup.seq_len}
+               "batch": setup.batch_size, "seq_len": setup.max_length}
         est = estimate(config, method, setup)
         row.update(estimated_peak=est.peak, estimated_phase=est.peak_phase, estimated_steady=est.steady)
         try:

@@ -3,10 +3,13 @@
 Examples::
 
     python -m minift.memory --params 3e9                       # a typical 3B decoder, every method
-    python -m minift.memory --model llama-3.2-3b --precision mixed-bf16 --batch-size 4 --gpu 80GB
+    python -m minift.memory --model llama-3.2-3b --precision bf16 --batch-size 4 --gpu 80GB
     python -m minift.memory --model path/to/hf_folder --method lora --lora-r 16 --json
     python -m minift.memory --model llama-3.2-1b --method lora --profile   # measure on a CUDA GPU
-    python -m minift.memory --model bert-base --seq-len 128 --device cpu --profile   # measure on the CPU
+    python -m minift.memory --model bert-base --max-length 128 --device cpu --profile   # measure on the CPU
+
+The flags are ``python -m minift.train``'s: the same names and meanings (``--precision bf16`` is fp32 weights
+with bf16 autocast, ``bf16-pure`` bf16 weights), and the method options generated from ``minift.peft.config``.
 """
 from __future__ import annotations
 
@@ -14,17 +17,21 @@ import argparse
 import json
 import re
 import sys
-from dataclasses import replace
 
 from rich.console import Console
 
-from minift.memory.estimate import ATTENTIONS, OPTIMIZERS, PRECISIONS, Setup, estimate, largest_batch, usable
-from minift.memory.params import METHODS, Method
-from minift.memory.presets import PRESETS, resolve_model, shape_for_params
-from minift.memory.report import human, render, to_json
+from minift.memory.estimate import ATTENTIONS, OPTIMIZERS, Estimate, Setup, estimate, largest_batch, usable
+from minift.memory.params import model_facts
+from minift.memory.report import Unrunnable, human, render, to_json
 from minift.models.errors import ModelLoadError
+from minift.models.presets import PRESETS, resolve_model, shape_for_params
+from minift.models.registry import HEAD_KINDS
+from minift.peft.config import METHODS, Method
+from minift.peft.flags import BOOL_FLAG, add_method_flags, method_from_flags
+from minift.precision import ALIASES, PRECISIONS
 
 _SIZE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*(gib|gb|g|mib|mb|m)?\s*$", re.IGNORECASE)
+OLD_SPELLING = "earlier spelling, kept for one release"
 
 
 def parse_gpu(text: str) -> int:
@@ -40,30 +47,37 @@ def parse_gpu(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    aliases = ", ".join(f"{old} = {new}" for old, new in ALIASES.items())
     p = argparse.ArgumentParser(prog="python -m minift.memory", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False,
+                                epilog=f"Earlier spellings read for one release: --seq-len, --grad-accumulation, "
+                                       f"--grad-checkpointing, --precision {aliases}. --precision bf16 used to mean "
+                                       "pure bf16 weights here; it now means autocast, as in minift.train "
+                                       "(pure bf16 is bf16-pure).")
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--model", help=f"preset ({', '.join(PRESETS)}), HF folder, config.json or .gguf")
     which.add_argument("--params", help="parameter count (e.g. 3e9): a typical Llama-3-style decoder of that size")
     p.add_argument("--method", choices=METHODS, action="append",
                    help="fine-tuning method; repeat for several (default: all side by side)")
-    p.add_argument("--lora-r", type=int, default=8)
-    p.add_argument("--lora-targets", help="comma-separated module names (default: the family's, e.g. q_proj,v_proj)")
-    p.add_argument("--adapter-size", type=int, default=64)
-    p.add_argument("--prompt-length", type=int, default=20)
-    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
-                   help="fp32; mixed-bf16/mixed-fp16 = fp32 weights + autocast (minift.train's bf16/fp16); "
-                        "bf16 = pure bf16 weights (minift.train's bf16-pure)")
-    p.add_argument("--grad-accumulation", type=int, default=1, help="micro-batches per optimizer step")
+    add_method_flags(p.add_argument_group("method options (as minift.train's; each applies to its method)"))
+    p.add_argument("--train-head", default=None, **BOOL_FLAG,
+                   help="whether the task head trains (default: classification/regression/token heads do)")
+    p.add_argument("--precision", choices=(*PRECISIONS, *ALIASES), default="fp32",
+                   help="fp32; fp16 / bf16 = fp32 weights + autocast; bf16-pure = bf16 weights "
+                        f"({aliases}: {OLD_SPELLING})")
+    p.add_argument("--batch-size", type=int, default=1, help="sequences per micro-batch")
+    p.add_argument("--max-length", "--seq-len", dest="max_length", type=int, default=512,
+                   help=f"tokens per sequence (--seq-len: {OLD_SPELLING})")
+    p.add_argument("--grad-accum", "--grad-accumulation", dest="grad_accum", type=int, default=1,
+                   help=f"micro-batches per optimizer step (--grad-accumulation: {OLD_SPELLING})")
+    p.add_argument("--gradient-checkpointing", "--grad-checkpointing", dest="gradient_checkpointing", default=False,
+                   **BOOL_FLAG, help=f"recompute each block in backward (--grad-checkpointing: {OLD_SPELLING})")
     p.add_argument("--optimizer", choices=OPTIMIZERS, default="adamw")
-    p.add_argument("--batch-size", type=int, default=1)
-    p.add_argument("--seq-len", type=int, default=512)
-    p.add_argument("--grad-checkpointing", action="store_true")
     p.add_argument("--attention", choices=ATTENTIONS, default="sdpa")
-    p.add_argument("--head", default="auto",
-                   choices=["auto", "causal-lm", "classification", "regression", "token-classification", "none"],
-                   help="task head (auto: causal-lm for decoders, classification for encoders)")
-    p.add_argument("--padded", action="store_true", help="batches carry padding (explicit attention masks)")
+    p.add_argument("--head", default="auto", choices=["auto", *HEAD_KINDS, "none"],
+                   help="task head (auto: the family's default, causal-lm for decoders; classification for encoders)")
+    p.add_argument("--padded", default=False, **BOOL_FLAG,
+                   help="batches carry padding (explicit attention masks)")
     p.add_argument("--device", choices=["cuda", "cpu"], default="cuda",
                    help="whose rules to estimate with (and, with --profile, where to measure: cpu replays the "
                         "CPU allocator's events)")
@@ -74,47 +88,63 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _setup(args: argparse.Namespace) -> Setup:
+    return Setup(batch_size=args.batch_size, max_length=args.max_length, precision=args.precision,
+                 optimizer=args.optimizer, gradient_checkpointing=args.gradient_checkpointing,
+                 attention=args.attention, head=None if args.head == "none" else args.head, padded=args.padded,
+                 device=args.device, grad_accum=args.grad_accum)
+
+
+def _methods(args: argparse.Namespace, config, setup: Setup) -> list[Method]:
+    """The asked methods with their options; by default every method (BitFit only where there are biases)."""
+    names = args.method
+    if not names:
+        biases = model_facts(config, setup.resolved_head(config), Method("full")).has_biases
+        names = [m for m in METHODS if m != "bitfit" or biases]
+    return [method_from_flags(name, vars(args), args.train_head) for name in names]
+
+
+def _estimate(config, method: Method, setup: Setup) -> Estimate | Unrunnable:
+    try:
+        return estimate(config, method, setup)
+    except ValueError as e:
+        return Unrunnable(method.label(), str(e))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     console = Console(width=None if sys.stdout.isatty() else 150)
     try:
-        if args.model:
-            config, description = resolve_model(args.model)
-        else:
-            config, description = shape_for_params(args.params)
-        setup = Setup(batch_size=args.batch_size, seq_len=args.seq_len, precision=args.precision,
-                      optimizer=args.optimizer, grad_checkpointing=args.grad_checkpointing, attention=args.attention,
-                      head=None if args.head == "none" else args.head, padded=args.padded,
-                      grad_accumulation=args.grad_accumulation, device=args.device)
+        config, description = resolve_model(args.model) if args.model else shape_for_params(args.params)
+        setup = _setup(args)
         gpu = parse_gpu(args.gpu) if args.gpu else None
-        targets = tuple(t.strip() for t in args.lora_targets.split(",") if t.strip()) if args.lora_targets else None
-        names = args.method or [m for m in METHODS if not (m == "bitfit" and not _has_biases(config))]
-        methods = [Method(name, lora_r=args.lora_r, lora_targets=targets, adapter_size=args.adapter_size,
-                          prompt_length=args.prompt_length) for name in names]
-        results = [estimate(config, m, setup) for m in methods]
-    except (ValueError, ModelLoadError) as e:
+        methods = _methods(args, config, setup)
+    except (ValueError, TypeError, ModelLoadError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    rows = [_estimate(config, m, setup) for m in methods]
+    runnable = [(r, m) for r, m in zip(rows, methods) if isinstance(r, Estimate)]
+    if not runnable:
+        for r in rows:
+            print(f"error: {r.reason}", file=sys.stderr)
+        return 2
     head = setup.resolved_head(config)
-    batches = {r.method: largest_batch(config, m, setup, gpu) for r, m in zip(results, methods)} if gpu else None
+    batches = {r.method: largest_batch(config, m, setup, gpu) for r, m in runnable} if gpu else None
     if args.json:
-        print(json.dumps(to_json(results, setup, description, head, gpu, batches), indent=2))
+        print(json.dumps(to_json(rows, setup, description, head, gpu, batches), indent=2))
     else:
-        render(console, results, setup, description, head, gpu, batches)
+        render(console, rows, setup, description, head, gpu, batches)
     status = 0
     if gpu is not None and not any(batches.values()):
-        smallest = min(results, key=lambda r: r.peak)
+        smallest = min((r for r, _ in runnable), key=lambda r: r.peak)
         print(f"nothing fits on a {human(gpu)} GPU (usable ≈ {human(usable(gpu))}): the smallest peak is "
-              f"{human(smallest.peak)} ({smallest.method}, batch 1 × {setup.seq_len}). Try --grad-checkpointing, "
-              "--precision bf16, a PEFT method, a shorter --seq-len or a larger GPU.", file=sys.stderr)
+              f"{human(smallest.peak)} ({smallest.method}, batch 1 × {setup.max_length}). Try "
+              "--gradient-checkpointing, --precision bf16-pure, a PEFT method, a shorter --max-length or a larger "
+              "GPU.", file=sys.stderr)
         status = 1
     if args.profile:
-        status = max(status, _profile(console, config, methods, setup, args.steps))
+        status = max(status, _profile(console, config, [m for _, m in runnable], setup, args.steps))
     return status
-
-
-def _has_biases(config) -> bool:
-    return config.model_type != "llama" or config.attention_bias or config.mlp_bias
 
 
 def _profile(console: Console, config, methods: list[Method], setup: Setup, steps: int) -> int:
@@ -124,9 +154,9 @@ def _profile(console: Console, config, methods: list[Method], setup: Setup, step
     try:
         for m in methods:
             if setup.device == "cpu":
-                prof = profile_training_cpu(config, m, replace(setup))
+                prof = profile_training_cpu(config, m, setup)
             else:
-                prof = profile_training(config, m, replace(setup), steps=steps)
+                prof = profile_training(config, m, setup, steps=steps)
             speed = f" ({prof.seconds_per_step:.2f} s/step)" if prof.seconds_per_step else ""
             console.print(f"\n[bold]{m.label()}[/bold] on {setup.device}: measured vs estimated{speed}")
             for phase in prof.measured:

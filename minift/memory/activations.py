@@ -1,24 +1,30 @@
-"""Activation memory of one training forward, per family, method, precision and attention kernel.
+"""Activation memory of one training forward, for any family, method, precision and attention kernel.
 
-Each ``_<family>_block`` below replays the matching ``forward`` of ``minift.models`` on a symbolic ``Tape``
-(``tracer.py``) operation by operation, with the PEFT modules of ``minift.peft`` swapped in where the method
-puts them. What the tape saves is what autograd keeps; ``tests/memory/test_saved.py`` checks it against the
-bytes really saved by our models (``saved.py``) for every family and method.
+The forward is replayed on a symbolic ``Tape`` (``tracer.py``) operation by operation. What it replays comes from
+two places: the model itself, built on the meta device with the method applied (``params.model_facts``: every
+linear's shape and bias, the LoRA or adapter around it, what trains, the head modules), and the family's
+``MemorySpec`` (``minift.models.registry``): where the norms sit, which linears are q, k, v and the MLP's inputs,
+the embedding layout, fp32 attention, rotary positions, the head's steps. The layers ``config.attention_layers``
+marks "local" get an explicit sliding-window mask. What the tape saves is what autograd keeps;
+``tests/memory/test_saved.py`` checks it against the bytes really saved by our models (``saved.py``).
 
 Korthikanti et al. 2022 (https://arxiv.org/abs/2205.05198), eq. 2, count for one pre-LN GPT layer in fp16
 with dropout: attention 11·sbh + 5·as²b, MLP 19·sbh, norms 4·sbh. With fused attention the 5·as²b term
 (scores, softmax, dropout mask) is gone — the kernel keeps only q, k, v, the output and a log-sum-exp — and
-the family differences show up as: BERT/RoBERTa post-LN keep the residual sums, Llama's SwiGLU keeps four
-(B, T, F) tensors instead of two and its RMSNorm keeps an fp32 copy, GQA keys/values are repeated to all heads
-before SDPA (so they are kept at full head count), and frozen linears keep no input.
+the family differences show up as: post-LN encoders keep the residual sums, SwiGLU keeps four (B, T, F)
+tensors instead of two and RMSNorm keeps an fp32 copy, GQA keys/values are repeated to all heads before SDPA
+(so they are kept at full head count), and frozen linears keep no input.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from minift.memory.params import Linear, Method, block_linears
+from minift.memory.params import ModelFacts, model_facts
 from minift.memory.tracer import FP32, INT64, Sym, Tape
 from minift.models.config import ModelConfig
+from minift.models.heads import head_dropout
+from minift.models.registry import MemorySpec, get_family
+from minift.peft.config import Method
 
 
 @dataclass(frozen=True)
@@ -57,32 +63,46 @@ class Activations:
         return self.embeddings + self.layers + self.head + self.logits
 
 
-class _Ctx:
-    """What a block recipe needs: the tape, the config, the method and the batch geometry."""
+def memory_spec(config: ModelConfig) -> MemorySpec:
+    """The ``MemorySpec`` of ``config``'s family (a ``ValueError`` when the family has none)."""
+    spec = get_family(config.model_type).memory
+    if spec is None:
+        raise ValueError(f"the memory estimator has no description of {config.model_type} models: its family "
+                         "sets no Family.memory (minift.models.registry.MemorySpec)")
+    return spec
 
-    def __init__(self, tape: Tape, config: ModelConfig, method: Method, B: int, T: int, head: str | None):
-        self.tape, self.c, self.m, self.B, self.T, self.head = tape, config, method, B, T, head
-        self.linears = {lin.name: lin for lin in block_linears(config)}
+
+class _Ctx:
+    """What the replay needs: the tape, the config, the family's spec, the model's facts and the batch geometry."""
+
+    def __init__(self, tape: Tape, config: ModelConfig, facts: ModelFacts, B: int, T: int, head: str | None):
+        self.tape, self.c, self.facts, self.B, self.T, self.head = tape, config, facts, B, T, head
+        self.family = get_family(config.model_type)
+        self.spec = memory_spec(config)
+        self.sites = self.family.adapter_sites  # the sub-layers' output projections
 
     def proj(self, x: Sym, name: str) -> Sym:
-        """A block linear with whatever PEFT module the method swaps in (``LoRALinear`` / ``AdapterLinear``)."""
-        tape, m, t = self.tape, self.m, self.c.model_type
-        lin: Linear = self.linears[name]
-        y = tape.linear(x, lin.in_f, lin.out_f, m.trains_weights(), lin.bias and m.trains_biases(), weight=name)
-        if m.lora_on(t, name):
-            h = tape.linear(tape.dropout(x, m.lora_dropout), lin.in_f, m.lora_r, True, weight=name + ".lora_A")
-            z = tape.linear(h, m.lora_r, lin.out_f, True, weight=name + ".lora_B")  # (B, T, C_out)
+        """The linear ``name`` with whatever PEFT module the method swapped in (``LoRALinear`` / ``AdapterLinear``)."""
+        tape, lin = self.tape, self.facts.linears[name]
+        y = tape.linear(x, lin.in_f, lin.out_f, lin.weight_trains, lin.bias_trains, weight=name)
+        if lin.lora_r:
+            h = tape.linear(tape.dropout(x, lin.lora_dropout), lin.in_f, lin.lora_r, True, weight=name + ".lora_A")
+            z = tape.linear(h, lin.lora_r, lin.out_f, True, weight=name + ".lora_B")  # (B, T, C_out)
             y = tape.add(y, z)
-        if m.adapter_on(t, name):
-            a = tape.linear(y, lin.out_f, m.adapter_size, True, True, weight=name + ".down")
-            a = tape.act(a, m.adapter_activation)
-            y = tape.add(y, tape.linear(a, m.adapter_size, lin.out_f, True, True, weight=name + ".up"))  # residual
+        if lin.adapter_size:
+            m = lin.adapter_size
+            a = tape.act(tape.linear(y, lin.out_f, m, True, True, weight=name + ".down"), lin.adapter_activation)
+            y = tape.add(y, tape.linear(a, m, lin.out_f, True, True, weight=name + ".up"))  # residual
         return y
 
     def norm(self, x: Sym) -> Sym:
-        if self.c.model_type == "llama":
-            return self.tape.rms_norm(x, self.c.hidden_size, self.m.trains_weights())
-        return self.tape.layer_norm(x, self.c.hidden_size, self.m.trains_weights(), self.m.trains_biases())
+        w_rg, b_rg = self.facts.norm_trains
+        if self.spec.norm == "rms":
+            return self.tape.rms_norm(x, self.c.hidden_size, w_rg)
+        return self.tape.layer_norm(x, self.c.hidden_size, w_rg, b_rg)
+
+    def dropout(self, x: Sym, p: float) -> Sym:
+        return self.tape.dropout(x, p) if self.spec.dropout else x
 
     def attention(self, q: Sym, k: Sym, v: Sym, mask_numel: int) -> Sym:
         """``minift.models.attention.attention`` on (B, H, T, d) views; GQA k/v are repeated first."""
@@ -94,6 +114,17 @@ class _Ctx:
         y = tape.sdpa(q, k, v, B, H, T, d, mask_numel, c.attention_dropout)
         return tape.heads_to_rows(y)
 
+    def steps(self, x: Sym, module: str, steps: tuple[str, ...]) -> Sym:
+        """A small module's forward as ``MemorySpec`` steps: its linears by name, "tanh", "dropout" (head dropout)."""
+        for step in steps:
+            if step == "tanh":
+                x = self.tape.act(x, "tanh")
+            elif step == "dropout":
+                x = self.tape.dropout(x, head_dropout(self.c))
+            else:
+                x = self.proj(x, f"{module}.{step}")
+        return x
+
 
 def _mask_numel(ctx: _Ctx, padded: bool, causal: bool, local: bool) -> int:
     """Elements of the boolean mask ``attention.build_mask`` passes to SDPA (0 for None)."""
@@ -103,113 +134,119 @@ def _mask_numel(ctx: _Ctx, padded: bool, causal: bool, local: bool) -> int:
     return T * T if local else 0
 
 
-def _encoder_block(ctx: _Ctx, x: Sym, mask: int) -> Sym:
-    tape, c = ctx.tape, ctx.c
-    q, k, v = (ctx.proj(x, f"attention.self.{n}") for n in ("query", "key", "value"))
-    y = ctx.attention(q, k, v, mask)
-    a = tape.dropout(ctx.proj(y, "attention.output.dense"), c.hidden_dropout)
-    x = ctx.norm(tape.add(a, x))
-    h = tape.act(ctx.proj(x, "intermediate.dense"), c.hidden_act)
-    o = tape.dropout(ctx.proj(h, "output.dense"), c.hidden_dropout)
-    return ctx.norm(tape.add(o, x))
+def _block(ctx: _Ctx, prefix: str, x: Sym, mask: int, rope: tuple[Sym, Sym] | None) -> Sym:
+    """One block: attention and MLP sub-layers, pre-norm (``x + f(norm(x))``) or post-norm (``norm(x + f(x))``)."""
+    tape, c, spec = ctx.tape, ctx.c, ctx.spec
+    h = x if spec.post_norm else ctx.norm(x)
+    a = ctx.dropout(_attention(ctx, prefix, h, mask, rope), c.hidden_dropout)
+    x = ctx.norm(tape.add(a, x)) if spec.post_norm else tape.add(x, a)
+    h = x if spec.post_norm else ctx.norm(x)
+    m = ctx.dropout(_mlp(ctx, prefix, h), c.hidden_dropout)
+    return ctx.norm(tape.add(m, x)) if spec.post_norm else tape.add(x, m)
 
 
-def _gpt_block(ctx: _Ctx, x: Sym, mask: int) -> Sym:
-    tape, c = ctx.tape, ctx.c
-    h = ctx.norm(x)
-    if c.model_type == "gpt2":
-        qkv = ctx.proj(h, "attn.c_attn")  # (B, T, 3C); q, k, v are views of it
-        q = k = v = qkv
-        a_out = "attn.c_proj"
-    else:  # GPT-Neo: separate projections, attention in fp32
-        q, k, v = (tape.cast(ctx.proj(h, f"attn.attention.{n}_proj"), FP32) for n in ("q", "k", "v"))
-        a_out = "attn.attention.out_proj"
+def _attention(ctx: _Ctx, prefix: str, h: Sym, mask: int, rope: tuple[Sym, Sym] | None) -> Sym:
+    tape, spec = ctx.tape, ctx.spec
+    if len(spec.attention) == 1:  # one fused projection: q, k, v are views of its (B, T, 3C) output
+        q = k = v = ctx.proj(h, f"{prefix}.{spec.attention[0]}")
+    else:
+        q, k, v = (ctx.proj(h, f"{prefix}.{name}") for name in spec.attention)
+    if rope is not None:  # q·cos + rotate_half(q)·sin: keeps cos and sin
+        cos, sin = rope
+        q = tape.add(tape.mul(q, cos), tape.mul(q, sin))
+        k = tape.add(tape.mul(k, cos), tape.mul(k, sin))
+    if spec.attention_fp32:
+        q, k, v = (tape.cast(t, FP32) for t in (q, k, v))
     y = ctx.attention(q, k, v, mask)
-    if c.model_type == "gpt_neo":
+    if spec.attention_fp32:  # back to the input's dtype (fp32 under autocast: it follows a LayerNorm)
         y = tape.cast(y, tape.param_itemsize if not tape.autocast else FP32)
-    x = tape.add(x, tape.dropout(ctx.proj(y, a_out), c.hidden_dropout))
-    h = tape.act(ctx.proj(ctx.norm(x), "mlp.c_fc"), c.hidden_act)
-    return tape.add(x, tape.dropout(ctx.proj(h, "mlp.c_proj"), c.hidden_dropout))
+    return ctx.proj(y, f"{prefix}.{ctx.sites['attention']}")
 
 
-def _llama_block(ctx: _Ctx, x: Sym, mask: int, cos: Sym, sin: Sym) -> Sym:
-    tape, c = ctx.tape, ctx.c
-    h = ctx.norm(x)
-    q, k, v = (ctx.proj(h, f"self_attn.{n}_proj") for n in ("q", "k", "v"))
-    q = tape.add(tape.mul(q, cos), tape.mul(q, sin))  # q·cos + rotate_half(q)·sin: keeps cos and sin
-    k = tape.add(tape.mul(k, cos), tape.mul(k, sin))
-    y = ctx.attention(q, k, v, mask)
-    x = tape.add(x, ctx.proj(y, "self_attn.o_proj"))
-    h = ctx.norm(x)
-    g = tape.act(ctx.proj(h, "mlp.gate_proj"), c.hidden_act)
-    return tape.add(x, ctx.proj(tape.mul(g, ctx.proj(h, "mlp.up_proj")), "mlp.down_proj"))
+def _mlp(ctx: _Ctx, prefix: str, h: Sym) -> Sym:
+    tape, c, names = ctx.tape, ctx.c, ctx.spec.mlp
+    if len(names) == 2:  # SwiGLU: down(act(gate(x)) * up(x))
+        g = tape.act(ctx.proj(h, f"{prefix}.{names[0]}"), c.hidden_act)
+        u = tape.mul(g, ctx.proj(h, f"{prefix}.{names[1]}"))
+    else:
+        u = tape.act(ctx.proj(h, f"{prefix}.{names[0]}"), c.hidden_act)
+    return ctx.proj(u, f"{prefix}.{ctx.sites['ffn']}")
 
 
 def _embeddings(ctx: _Ctx, T0: int) -> Sym:
     """Word (+ position, token-type) embeddings, the soft prompt and the embeddings' norm/dropout."""
-    tape, c, m, B = ctx.tape, ctx.c, ctx.m, ctx.B
-    C, full = c.hidden_size, m.trains_weights()
-    ids = tape.new(B * T0, INT64, False)
-    x = tape.embedding(ids, C, full)
-    if m.name == "prompt":  # PromptModel: cat([x[:, :k], prompt, x[:, k:]]) → (B, T0 + n, C), needs grad
-        x = tape.new(B * ctx.T * C, x.itemsize, True)
-    if c.model_type in ("bert", "roberta"):
-        pos_rows = B if (c.model_type == "roberta" and m.name != "prompt") else 1
-        pe = tape.embedding(tape.new(pos_rows * ctx.T, INT64, False), C, full)
-        te = tape.embedding(tape.new(B * ctx.T, INT64, False), C, full)
-        x = tape.add(tape.add(x, pe), te)
-        x = tape.dropout(tape.layer_norm(x, C, full, m.trains_biases()), c.embedding_dropout)
-    elif c.model_type in ("gpt2", "gpt_neo"):
-        x = tape.dropout(tape.add(x, tape.embedding(tape.new(ctx.T, INT64, False), C, full)), c.embedding_dropout)
-    return x
+    tape, c, spec, B, T = ctx.tape, ctx.c, ctx.spec, ctx.B, ctx.T
+    C, trains = c.hidden_size, ctx.facts.embedding_trains
+    prompt = ctx.facts.prompt_length > 0
+    x = tape.embedding(tape.new(B * T0, INT64, False), C, trains)
+    if prompt:  # PromptModel: cat([x[:, :k], prompt, x[:, k:]]) → (B, T0 + n, C), needs grad
+        x = tape.new(B * T * C, x.itemsize, True)
+    if spec.positions in ("learned", "learned-per-row"):
+        # RoBERTa counts (B, T) positions from input_ids; with inputs_embeds (the prompt) one (T,) row
+        rows = B if (spec.positions == "learned-per-row" and not prompt) else 1
+        x = tape.add(x, tape.embedding(tape.new(rows * T, INT64, False), C, trains))
+    if spec.token_types:
+        x = tape.add(x, tape.embedding(tape.new(B * T, INT64, False), C, trains))
+    if spec.embedding_norm:
+        w_rg, b_rg = ctx.facts.norm_trains
+        x = tape.layer_norm(x, C, w_rg, b_rg)
+    return ctx.dropout(x, c.embedding_dropout)
+
+
+def _lm_head(ctx: _Ctx, x: Sym) -> tuple[int, int]:
+    """Logits over the vocabulary (a causal-LM head, or a bare decoder's tied projection) and the LM loss."""
+    tape, c, B, V = ctx.tape, ctx.c, ctx.B, ctx.c.vocab_size
+    facts = ctx.facts
+    w_rg = facts.linears[facts.head].weight_trains if facts.head else facts.embedding_trains
+    logits = tape.linear(x, c.hidden_size, V, w_rg, weight="lm_head")  # (B, T, V)
+    tape.group = "logits"
+    if facts.prompt_length:  # PromptModel drops the virtual positions: a (B, T0, V) copy
+        logits = tape.new(B * (ctx.T - facts.prompt_length) * V, logits.itemsize, logits.rg)
+    if ctx.head == "causal-lm":
+        T0 = logits.numel // (B * V)
+        flat = tape.new(B * (T0 - 1) * V, FP32, logits.rg)  # .float(), [:, :-1].flatten(0, 1) copy
+        if flat.rg:
+            tape.save_new(flat.numel, FP32)  # log_softmax output
+            tape.save_new(B * (T0 - 1), INT64)  # shifted targets
+            tape.save_new(1, FP32)  # total weight
+    return tape.total("head"), tape.total("logits")
+
+
+def _pool(ctx: _Ctx, x: Sym, padded: bool, pooling: str) -> Sym:
+    """``heads.pool``: the pooler, the first or the last real token, or every token."""
+    tape, B, C = ctx.tape, ctx.B, ctx.c.hidden_size
+    if pooling == "tokens":
+        return x
+    if pooling == "last" and padded:  # advanced indexing: a new (B, C) tensor, and the index tensors kept
+        if x.rg:
+            tape.save_new(B, INT64)
+            tape.save_new(B, INT64)
+        return tape.new(B * C, x.itemsize, x.rg)
+    pooled = x.view(B * C)  # hidden[:, 0] or hidden[:, -1]
+    if pooling == "pooler":
+        pooled = ctx.steps(pooled, ctx.facts.pooler, ctx.spec.pooler)
+    return pooled
 
 
 def _head(ctx: _Ctx, x: Sym, padded: bool) -> tuple[int, int]:
     """Final norm, pooling, head and loss; returns (head bytes, logits bytes) saved."""
-    tape, c, m, B, T = ctx.tape, ctx.c, ctx.m, ctx.B, ctx.T
-    C, head, t = c.hidden_size, ctx.head, c.model_type
-    head_w, head_b = m.head_trains(head), m.head_trains(head) or m.trains_biases()
+    tape, c, B, head, facts = ctx.tape, ctx.c, ctx.B, ctx.head, ctx.facts
     tape.group = "head"
-    if t != "bert" and t != "roberta":
+    if not ctx.spec.post_norm:
         x = ctx.norm(x)
-    if head == "causal-lm" or (head is None and c.is_decoder):
-        tied_w = m.trains_weights()
-        logits = tape.linear(x, C, c.vocab_size, tied_w, weight="lm_head")  # (B, T, V)
-        tape.group = "logits"
-        if m.name == "prompt":  # PromptModel drops the virtual positions: a (B, T0, V) copy
-            logits = tape.new(B * (T - m.prompt_length) * c.vocab_size, logits.itemsize, logits.rg)
-        if head == "causal-lm":
-            T0 = logits.numel // (B * c.vocab_size)
-            flat = tape.new(B * (T0 - 1) * c.vocab_size, FP32, logits.rg)  # .float(), [:, :-1].flatten(0, 1) copy
-            if flat.rg:
-                tape.save_new(flat.numel, FP32)  # log_softmax output
-                tape.save_new(B * (T0 - 1), INT64)  # shifted targets
-                tape.save_new(1, FP32)  # total weight
-        return tape.total("head"), tape.total("logits")
-    L = c.num_labels if head != "regression" else 1
-    if head in ("classification", "regression"):
-        if t == "bert":
-            pooled = x.view(B * C)  # hidden[:, 0]
-            lin = tape.linear(pooled, C, C, m.trains_weights(), m.trains_biases(), weight="pooler.dense")
-            pooled = tape.act(lin, "tanh")
-            pooled = tape.dropout(pooled, _head_dropout(c))
-            out = tape.linear(pooled, C, L, head_w, head_b, weight="classifier")
-        elif t == "roberta":
-            pooled = tape.dropout(x.view(B * C), _head_dropout(c))
-            pooled = tape.act(tape.linear(pooled, C, C, head_w, head_b, weight="classifier.dense"), "tanh")
-            out = tape.linear(tape.dropout(pooled, _head_dropout(c)), C, L, head_w, head_b, weight="out_proj")
-        else:  # decoders: last real token (advanced indexing when padded: a new (B, C) tensor)
-            pooled = tape.new(B * C, x.itemsize, x.rg) if padded else x.view(B * C)
-            if padded and x.rg:
-                tape.save_new(B, INT64)
-                tape.save_new(B, INT64)
-            out = tape.linear(pooled, C, L, head_w, False, weight="score")
-    elif head == "token-classification":
-        out = tape.linear(tape.dropout(x, _head_dropout(c)), C, L, head_w, head_b, weight="classifier")
-        if m.name == "prompt":  # PromptModel drops the virtual positions: a (B, T0, L) copy
-            out = tape.new(B * (T - m.prompt_length) * L, out.itemsize, out.rg)
-    else:  # bare encoder: hidden states are the output
+    if head == "causal-lm" or (head is None and ctx.family.is_decoder):
+        return _lm_head(ctx, x)
+    if head is None:  # bare encoder: hidden states are the output
         return tape.total("head"), 0
+    spec = ctx.family.heads[head]
+    x = _pool(ctx, x, padded, spec.pooling)
+    if spec.dropout:
+        x = tape.dropout(x, head_dropout(c))
+    steps = ctx.spec.head_steps.get(head)
+    out = ctx.steps(x, facts.head, steps) if steps else ctx.proj(x, facts.head)
+    L = facts.linears[f"{facts.head}.{steps[-1]}" if steps else facts.head].out_f
+    if head == "token-classification" and facts.prompt_length:  # PromptModel drops the virtual positions
+        out = tape.new(B * (ctx.T - facts.prompt_length) * L, out.itemsize, out.rg)
     out = tape.cast(out, FP32)
     if out.rg:
         if head == "regression":  # mse_loss keeps input and target
@@ -222,10 +259,6 @@ def _head(ctx: _Ctx, x: Sym, padded: bool) -> tuple[int, int]:
     return tape.total("head"), 0
 
 
-def _head_dropout(c: ModelConfig) -> float:
-    return c.classifier_dropout if c.classifier_dropout is not None else c.hidden_dropout
-
-
 def trace_activations(config: ModelConfig, method: Method, batch: Batch, head: str | None = None, *,
                       device: str = "cuda", autocast: bool = False, param_itemsize: int = FP32,
                       attention: str = "sdpa", grad_checkpointing: bool = False) -> Activations:
@@ -233,7 +266,7 @@ def trace_activations(config: ModelConfig, method: Method, batch: Batch, head: s
 
     Args:
         config: the model's ``ModelConfig``.
-        method: fine-tuning method (what trains decides what is kept).
+        method: fine-tuning method (``minift.peft.config.Method``; what trains decides what is kept).
         batch: batch size, sequence length, padding.
         head: ``None`` | ``"classification"`` | ``"regression"`` | ``"token-classification"`` | ``"causal-lm"``.
         device: ``"cuda"`` or ``"cpu"``.
@@ -245,41 +278,36 @@ def trace_activations(config: ModelConfig, method: Method, batch: Batch, head: s
     Returns:
         ``Activations`` (bytes).
     """
+    memory_spec(config)
+    facts = model_facts(config, head, method)
     B, T0 = batch.batch_size, batch.seq_len
-    T = T0 + (method.prompt_length if method.name == "prompt" else 0)
+    T = T0 + facts.prompt_length
     tape = Tape(device=device, autocast=autocast, attention=attention, param_itemsize=param_itemsize)
-    ctx = _Ctx(tape, config, method, B, T, head)
-    padded = batch.padded
+    ctx = _Ctx(tape, config, facts, B, T, head)
     x = _embeddings(ctx, T0)
     embeddings = tape.total("embeddings")
-    cos = sin = None
-    if config.model_type == "llama":
-        cos = tape.new(T * config.head_dim, param_itemsize, False)  # (T, hs), shared by every layer
-        sin = tape.new(T * config.head_dim, param_itemsize, False)
+    rope = None
+    if ctx.spec.positions == "rotary":  # (T, hs) cos and sin in the activations' dtype, shared by every block
+        rope = tuple(tape.new(T * config.head_dim, param_itemsize, False) for _ in range(2))
+    kinds = config.attention_layers or ["global"] * config.num_layers
     per_layer, block_inputs, shared_kept, masks_kept = [], 0, set(), set()
-    for i in range(config.num_layers):
+    for i, prefix in enumerate(facts.blocks):
         tape.group = f"layer {i}"
         tape.layer_groups.append(tape.group)
         before = tape.total()
         if grad_checkpointing and x.key not in shared_kept:
             block_inputs += x.nbytes  # the checkpoint keeps the block's input (the previous block's output)
             shared_kept.add(x.key)
-        local = config.model_type == "gpt_neo" and (config.attention_layers or ["global"])[i] == "local"
-        causal = config.is_decoder
-        mask = _mask_numel(ctx, padded, causal, local)
+        local = kinds[i] == "local"
+        mask = _mask_numel(ctx, batch.padded, ctx.family.is_decoder, local)
         if grad_checkpointing and mask and local not in masks_kept:
             block_inputs += mask  # the boolean mask is a block argument too (one per attention kind)
             masks_kept.add(local)
-        if config.model_type in ("bert", "roberta"):
-            x = _encoder_block(ctx, x, mask)
-        elif config.model_type == "llama":
-            x = _llama_block(ctx, x, mask, cos, sin)
-        else:
-            x = _gpt_block(ctx, x, mask)
+        x = _block(ctx, prefix, x, mask, rope)
         per_layer.append(tape.total() - before)
-    if grad_checkpointing and config.model_type == "llama" and x.rg:
-        block_inputs += cos.nbytes + sin.nbytes  # cos/sin are block arguments, kept with the inputs
-    head_bytes, logits = _head(ctx, x, padded)
+    if grad_checkpointing and rope is not None and x.rg:
+        block_inputs += rope[0].nbytes + rope[1].nbytes  # cos/sin are block arguments, kept with the inputs
+    head_bytes, logits = _head(ctx, x, batch.padded)
     return Activations(embeddings=embeddings, per_layer=per_layer, head=head_bytes, logits=logits,
                        block_inputs=block_inputs, checkpointed=grad_checkpointing,
                        largest_layer=max(per_layer, default=0), **_copies(tape, grad_checkpointing))

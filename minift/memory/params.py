@@ -1,175 +1,30 @@
-"""Parameter counts from a ``ModelConfig``: the model's linears, norms and embeddings, and what a method trains.
+"""What the estimator reads off the real model: built on the meta device, with the method applied.
 
-The layout mirrors ``minift.models`` module by module (block-relative names are the HF keys, so LoRA targets
-and adapter sites from ``minift.peft`` match them the way ``minift.peft.apply`` does), and the trainable set
-mirrors ``minift.peft.apply``: PEFT parameters, the head for classification / regression / token heads,
-every ``bias`` for BitFit. Counts are checked against models built on the meta device and against the
-published sizes (``tests/memory/test_params.py``).
+``model_facts(config, head, method)`` builds ``minift.models.load.build_model(config, family, head)`` under
+``torch.device("meta")`` (shapes only: no memory, no weights), applies the method with ``minift.peft.apply`` as
+a run does, and walks the module tree (nanoGPT's ``get_num_params``): the parameter counts (a tied embedding
+once), what trains, the largest trainable tensor, each block's and the head's trainable elements, and every
+``nn.Linear`` with its shape, bias, the LoRA or adapter around it and which of its parameters train. Nothing
+here restates a family, a head or a PEFT module: what ``minift.models`` and ``minift.peft`` build is what is
+counted. The model and its facts are cached per (config, head, method): ``largest_batch`` asks many times.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections import OrderedDict
+from dataclasses import dataclass, field, replace
+
+import torch
+from torch import nn
 
 from minift.models.config import ModelConfig
-from minift.peft.adapter import ADAPTER_SITES, PLACEMENTS
-from minift.peft.apply import METHODS as PEFT_METHODS
-from minift.peft.apply import TRAINABLE_HEADS
-from minift.peft.lora import DEFAULT_TARGETS
-
-METHODS = ("full", *PEFT_METHODS)
-
-
-@dataclass(frozen=True)
-class Method:
-    """A fine-tuning method and its settings (defaults are ``minift.peft``'s)."""
-
-    name: str = "full"  # one of METHODS
-    lora_r: int = 8  # LoRA rank
-    lora_targets: tuple[str, ...] | None = None  # module names or dotted suffixes; None → family defaults
-    lora_dropout: float = 0.0  # dropout on the LoRA input (adds a mask and a copy of the input per target)
-    adapter_size: int = 64  # bottleneck width m
-    adapter_placement: str = "houlsby"  # "houlsby" (after attention and FFN) | "pfeiffer" (FFN only)
-    adapter_activation: str = "relu"
-    prompt_length: int = 20  # soft-prompt virtual tokens (they lengthen every sequence)
-    train_head: bool | None = None  # None → True for classification/regression/token heads (full: always)
-
-    def __post_init__(self):
-        if self.name not in METHODS:
-            raise ValueError(f"unknown method {self.name!r}; choose one of {', '.join(METHODS)}")
-        for field_name in ("lora_r", "adapter_size", "prompt_length"):
-            value = getattr(self, field_name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{field_name.replace('_', '-')} must be a positive integer, got {value!r}")
-        if self.adapter_placement not in PLACEMENTS:
-            raise ValueError(f"unknown adapter placement {self.adapter_placement!r}; use {sorted(PLACEMENTS)}")
-        if not 0 <= self.lora_dropout < 1:
-            raise ValueError(f"lora dropout must be in [0, 1), got {self.lora_dropout!r}")
-
-    def label(self) -> str:
-        """Short description, e.g. ``lora r=8 (q_proj,v_proj)``."""
-        if self.name == "lora":
-            return f"lora r={self.lora_r}" + (f" ({','.join(self.lora_targets)})" if self.lora_targets else "")
-        if self.name == "adapter":
-            return f"adapter m={self.adapter_size} ({self.adapter_placement})"
-        if self.name == "prompt":
-            return f"prompt n={self.prompt_length}"
-        return self.name
-
-    def targets(self, model_type: str) -> tuple[str, ...]:
-        return tuple(self.lora_targets) if self.lora_targets else DEFAULT_TARGETS.get(model_type, ())
-
-    def lora_on(self, model_type: str, name: str) -> bool:
-        """Whether the block linear ``name`` gets LoRA (name equal to a target or ending in ``.target``)."""
-        return self.name == "lora" and any(name == t or name.endswith("." + t) for t in self.targets(model_type))
-
-    def adapter_on(self, model_type: str, name: str) -> bool:
-        """Whether the block linear ``name`` is wrapped by an adapter."""
-        if self.name != "adapter":
-            return False
-        return name in [ADAPTER_SITES[model_type][site] for site in PLACEMENTS[self.adapter_placement]]
-
-    def head_trains(self, head: str | None) -> bool:
-        if head is None:
-            return False
-        if self.name == "full":
-            return True
-        return head in TRAINABLE_HEADS if self.train_head is None else self.train_head
-
-    def trains_weights(self) -> bool:
-        return self.name == "full"
-
-    def trains_biases(self) -> bool:
-        return self.name in ("full", "bitfit")
-
-
-@dataclass(frozen=True)
-class Linear:
-    """One ``nn.Linear`` of a block: block-relative HF name, in/out features, bias."""
-
-    name: str
-    in_f: int
-    out_f: int
-    bias: bool
-
-    @property
-    def numel(self) -> int:
-        return self.in_f * self.out_f + (self.out_f if self.bias else 0)
-
-
-def block_linears(c: ModelConfig) -> list[Linear]:
-    """The linears of one block, in forward order."""
-    C, F = c.hidden_size, c.intermediate_size
-    t = c.model_type
-    if t in ("bert", "roberta"):
-        return [Linear("attention.self.query", C, C, True), Linear("attention.self.key", C, C, True),
-                Linear("attention.self.value", C, C, True), Linear("attention.output.dense", C, C, True),
-                Linear("intermediate.dense", C, F, True), Linear("output.dense", F, C, True)]
-    if t == "gpt2":
-        return [Linear("attn.c_attn", C, 3 * C, True), Linear("attn.c_proj", C, C, True),
-                Linear("mlp.c_fc", C, F, True), Linear("mlp.c_proj", F, C, True)]
-    if t == "gpt_neo":
-        a = "attn.attention."
-        return [Linear(a + "q_proj", C, C, False), Linear(a + "k_proj", C, C, False),
-                Linear(a + "v_proj", C, C, False), Linear(a + "out_proj", C, C, True),
-                Linear("mlp.c_fc", C, F, True), Linear("mlp.c_proj", F, C, True)]
-    if t == "llama":
-        q, kv, ab, mb = c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim, c.attention_bias, c.mlp_bias
-        return [Linear("self_attn.q_proj", C, q, ab), Linear("self_attn.k_proj", C, kv, ab),
-                Linear("self_attn.v_proj", C, kv, ab), Linear("self_attn.o_proj", q, C, ab),
-                Linear("mlp.gate_proj", C, F, mb), Linear("mlp.up_proj", C, F, mb), Linear("mlp.down_proj", F, C, mb)]
-    raise ValueError(f"unsupported model_type {t!r}")
-
-
-def norms_per_block(c: ModelConfig) -> int:
-    return 2
-
-
-def norm_numel(c: ModelConfig) -> int:
-    """Parameters of one norm: LayerNorm has weight and bias, RMSNorm a weight only."""
-    return c.hidden_size if c.model_type == "llama" else 2 * c.hidden_size
-
-
-def embedding_numel(c: ModelConfig) -> dict[str, int]:
-    """Embedding tables (and the embeddings LayerNorm of the encoders)."""
-    C = c.hidden_size
-    tables = {"word": c.vocab_size * C}
-    if c.model_type in ("bert", "roberta"):
-        tables.update(position=c.max_position_embeddings * C, token_type=max(c.type_vocab_size, 1) * C, norm=2 * C)
-    elif c.model_type in ("gpt2", "gpt_neo"):
-        tables["position"] = c.max_position_embeddings * C
-    return tables
-
-
-def head_linears(c: ModelConfig, head: str | None) -> list[Linear]:
-    """Linears after the blocks: pooler and head (a tied ``lm_head`` adds none)."""
-    C, L = c.hidden_size, c.num_labels if head != "regression" else 1
-    t = c.model_type
-    out: list[Linear] = []
-    if t == "bert" and head in (None, "classification", "regression"):
-        out.append(Linear("pooler.dense", C, C, True))
-    if t == "roberta" and head is None:
-        out.append(Linear("pooler.dense", C, C, True))
-    if head in ("classification", "regression"):
-        if t == "bert":
-            out.append(Linear("classifier", C, L, True))
-        elif t == "roberta":
-            out += [Linear("classifier.dense", C, C, True), Linear("classifier.out_proj", C, L, True)]
-        else:
-            out.append(Linear("score", C, L, False))
-    elif head == "token-classification":
-        out.append(Linear("classifier", C, L, True))
-    elif head == "causal-lm" and not c.tie_word_embeddings:
-        out.append(Linear("lm_head", C, c.vocab_size, False))
-    return out
-
-
-def final_norm_numel(c: ModelConfig) -> int:
-    return 0 if c.model_type in ("bert", "roberta") else norm_numel(c)
-
-
-def adapter_numel(c: ModelConfig, m: int) -> int:
-    C = c.hidden_size
-    return 2 * C * m + m + C
+from minift.models.load import build_model
+from minift.models.registry import get_family
+from minift.peft.adapter import AdapterLinear
+from minift.peft.apply import apply, peft_modules
+from minift.peft.bitfit import bias_params
+from minift.peft.config import Method, PromptConfig
+from minift.peft.lora import LoRALinear
+from minift.peft.prompt import PromptModel
 
 
 @dataclass(frozen=True)
@@ -181,33 +36,189 @@ class ParamCount:
     base: int  # the model without PEFT parameters
 
 
-def count_params(c: ModelConfig, head: str | None, method: Method) -> ParamCount:
-    """Total, trainable and base parameter counts of ``c`` with ``head`` under ``method``."""
-    L, t = c.num_layers, c.model_type
-    linears, heads = block_linears(c), head_linears(c, head)
-    block = sum(lin.numel for lin in linears) + norms_per_block(c) * norm_numel(c)
-    base = sum(embedding_numel(c).values()) + L * block + final_norm_numel(c) + sum(h.numel for h in heads)
-    backbone_heads = [h for h in heads if h.name.startswith("pooler")]
-    task_heads = [h for h in heads if not h.name.startswith("pooler")]
-    extra = 0
-    if method.name == "lora":
-        extra = L * sum(method.lora_r * (lin.in_f + lin.out_f) for lin in linears if method.lora_on(t, lin.name))
-    elif method.name == "adapter":
-        extra = L * len(PLACEMENTS[method.adapter_placement]) * adapter_numel(c, method.adapter_size)
-    elif method.name == "prompt":
-        extra = method.prompt_length * c.hidden_size
-    if method.name == "full":
-        trainable = base
-    else:
-        trainable = extra
-        if method.head_trains(head):
-            trainable += sum(h.numel for h in task_heads)
-        if method.name == "bitfit":
-            ln_bias = c.hidden_size if t != "llama" else 0
-            biases = L * (sum(lin.out_f for lin in linears if lin.bias) + 2 * ln_bias)
-            biases += sum(h.out_f for h in backbone_heads if h.bias)
-            biases += ln_bias * (1 if t in ("bert", "roberta", "gpt2", "gpt_neo") else 0)  # embeddings LN / ln_f
-            if not method.head_trains(head):
-                biases += sum(h.out_f for h in task_heads if h.bias)
-            trainable += biases
-    return ParamCount(total=base + extra, trainable=trainable, base=base)
+@dataclass(frozen=True)
+class Linear:
+    """One ``nn.Linear`` of the model as built, with the PEFT module swapped in around it (if any)."""
+
+    name: str  # qualified name in the TaskModel, e.g. "model.layers.0.self_attn.q_proj"
+    in_f: int
+    out_f: int
+    bias: bool
+    weight_trains: bool
+    bias_trains: bool
+    lora_r: int = 0  # rank of a LoRALinear (0: no LoRA)
+    lora_dropout: float = 0.0  # dropout on the LoRA path's input
+    adapter_size: int = 0  # bottleneck width of an AdapterLinear (0: no adapter)
+    adapter_activation: str = "relu"
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """Everything the estimator counts, read off the model built on the meta device."""
+
+    params: ParamCount
+    largest_trainable: int  # elements of the largest trainable tensor (a per-tensor optimizer step's unit)
+    block_trainable: tuple[int, ...]  # trainable elements of each block (its gradients appear block by block)
+    head_trainable: int  # trainable elements of the head module (a tied lm_head: the embedding, when it trains)
+    linears: dict[str, Linear]  # every nn.Linear by qualified name (the PEFT modules' own linears excluded)
+    blocks: tuple[str, ...]  # qualified name of each block, in order
+    pooler: str | None  # qualified name of the backbone's pooler module, if it has one
+    head: str | None  # qualified name of the head module
+    embedding_trains: bool  # the embedding tables train (full fine-tuning)
+    norm_trains: tuple[bool, bool]  # (weight, bias) of the norms train
+    tied_head: bool  # the head's weight is the input embedding
+    prompt_length: int  # soft-prompt tokens in front of every sequence (0: no prompt)
+    has_biases: bool  # the backbone has bias parameters (what BitFit trains)
+    lengths: dict[int, str] = field(default_factory=dict, compare=False)  # sequence length → "" (runs) or why not
+
+
+_CACHE: OrderedDict[tuple, tuple[nn.Module, ModelFacts]] = OrderedDict()
+_CACHE_SIZE = 16
+
+
+def model_facts(config: ModelConfig, head: str | None, method: Method) -> ModelFacts:
+    """The facts of ``config`` with ``head`` under ``method`` (cached).
+
+    Raises:
+        ValueError: the family has no such head, or ``minift.peft.apply`` refuses the method (LoRA targets that
+            match nothing, BitFit without biases, ...), with its message.
+    """
+    return _cached(config, head, method)[1]
+
+
+def meta_model(config: ModelConfig, head: str | None, method: Method) -> nn.Module:
+    """The (cached) model of ``config`` with ``head`` and ``method`` applied, on the meta device."""
+    return _cached(config, head, method)[0]
+
+
+def _cached(config: ModelConfig, head: str | None, method: Method) -> tuple[nn.Module, ModelFacts]:
+    key = (repr(config), head, repr(method))
+    if key not in _CACHE:
+        model = build_meta_model(config, head, method)
+        _CACHE[key] = (model, _facts(model))
+        while len(_CACHE) > _CACHE_SIZE:
+            _CACHE.popitem(last=False)
+    _CACHE.move_to_end(key)
+    return _CACHE[key]
+
+
+def build_meta_model(config: ModelConfig, head: str | None, method: Method) -> nn.Module:
+    """``build_model`` + ``minift.peft.apply`` on the meta device (see ``model_facts`` for the errors)."""
+    family = get_family(config.model_type)
+    if head is not None and head not in family.heads:
+        raise ValueError(f"a {config.model_type} model has no {head} head; its heads are {', '.join(family.heads)}")
+    if head == "regression":
+        config = config.with_labels(1)
+    with torch.device("meta"):
+        model = build_model(config, family, head)
+        if method.name != "full":
+            model = apply(model, _countable(method))
+    return model
+
+
+def _countable(method: Method) -> Method:
+    """``method`` as a meta model can take it: a prompt initialised from a text the caller has not tokenised starts
+    from random values instead (the initialisation does not change the memory)."""
+    cfg = method.config
+    if isinstance(cfg, PromptConfig) and cfg.init == "text" and cfg.token_ids is None:
+        return replace(method, config=PromptConfig(length=cfg.length, init="random"))
+    return method
+
+
+def _facts(model: nn.Module) -> ModelFacts:
+    base = model.model if isinstance(model, PromptModel) else model
+    names = {id(m): name for name, m in base.named_modules()}
+    params = list(model.parameters())  # each tensor once: a tied lm_head is the embedding
+    peft = [p for m in peft_modules(model).values() for p in m.adapter_params().values()]
+    trainable = [p for p in params if p.requires_grad]
+    total = sum(p.numel() for p in params)
+    pooler = getattr(base.backbone, "pooler", None)
+    head_params = list(base.head.parameters()) if base.head is not None else []
+    return ModelFacts(
+        params=ParamCount(total=total, trainable=sum(p.numel() for p in trainable),
+                          base=total - sum(p.numel() for p in peft)),
+        largest_trainable=max((p.numel() for p in trainable), default=0),
+        block_trainable=tuple(sum(p.numel() for p in b.parameters() if p.requires_grad) for b in base.blocks),
+        head_trainable=sum(p.numel() for p in head_params if p.requires_grad),
+        linears=_linears(base),
+        blocks=tuple(names[id(b)] for b in base.blocks),
+        pooler=names[id(pooler)] if pooler is not None else None,
+        head=names[id(base.head)] if base.head is not None else None,
+        embedding_trains=base.get_input_embeddings().weight.requires_grad,
+        norm_trains=_norm_trains(base.blocks[0]),
+        tied_head=base.is_tied,
+        prompt_length=model.num_virtual_tokens if isinstance(model, PromptModel) else 0,
+        has_biases=bool(bias_params(base.backbone)),
+    )
+
+
+def _linears(model: nn.Module) -> dict[str, Linear]:
+    """Every ``nn.Linear`` of ``model`` by qualified name; a LoRA / adapter layer is one entry with its PEFT
+    settings (the adapter's own down / up linears are part of it, not entries)."""
+    inside = tuple(name + "." for name in peft_modules(model))
+    out = {}
+    for name, m in model.named_modules():
+        if not isinstance(m, nn.Linear) or name.startswith(inside):
+            continue
+        bias = m.bias is not None
+        extra = {}
+        if isinstance(m, LoRALinear):
+            dropout = m.lora_dropout.p if isinstance(m.lora_dropout, nn.Dropout) else 0.0
+            extra = {"lora_r": m.r, "lora_dropout": dropout}
+        elif isinstance(m, AdapterLinear):
+            extra = {"adapter_size": m.adapter.down.out_features, "adapter_activation": _activation(m.adapter.act)}
+        out[name] = Linear(name, m.in_features, m.out_features, bias, m.weight.requires_grad,
+                           bias and m.bias.requires_grad, **extra)
+    return out
+
+
+def _activation(module: nn.Module) -> str:
+    return type(module).__name__.lower()  # nn.ReLU → "relu", nn.GELU → "gelu", nn.Tanh → "tanh", nn.SiLU → "silu"
+
+
+def _norm_trains(block: nn.Module) -> tuple[bool, bool]:
+    """(weight, bias) trainability of the block's norms: the first module owning a 1-D ``weight`` that is not a
+    linear or an embedding (every norm of a model trains alike under every method)."""
+    for m in block.modules():
+        weight = m._parameters.get("weight")
+        if weight is not None and weight.ndim == 1 and not isinstance(m, (nn.Linear, nn.Embedding)):
+            bias = m._parameters.get("bias")
+            return weight.requires_grad, bias is not None and bias.requires_grad
+    return False, False
+
+
+class _Stop(Exception):
+    """Raised at the first block: the length check needs only the model's own input handling."""
+
+
+def check_length(config: ModelConfig, head: str | None, method: Method, length: int) -> None:
+    """Raise ``ValueError`` when the model cannot take ``length``-token sequences (+ a soft prompt).
+
+    The model's own forward says so (learned position tables, RoBERTa's offset, the prompt's extra tokens): it
+    runs on the meta device up to the first block. What the meta device cannot run there (RoPE's autocast guard)
+    is not a length limit: those models have no position table to overflow.
+    """
+    model, facts = _cached(config, head, method)
+    if length not in facts.lengths:
+        facts.lengths[length] = _run_embeddings(model, length)
+    if facts.lengths[length]:
+        raise ValueError(facts.lengths[length])
+
+
+def _run_embeddings(model: nn.Module, length: int) -> str:
+    def stop(module, args, kwargs):
+        raise _Stop
+
+    handle = model.blocks[0].register_forward_pre_hook(stop, with_kwargs=True)
+    try:
+        with torch.no_grad():
+            model(input_ids=torch.zeros(1, length, dtype=torch.long, device="meta"))
+    except _Stop:
+        pass
+    except ValueError as e:
+        return str(e)
+    except (RuntimeError, NotImplementedError):
+        pass
+    finally:
+        handle.remove()
+    return ""

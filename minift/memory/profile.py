@@ -16,8 +16,10 @@ from dataclasses import dataclass
 import torch
 
 from minift.memory.estimate import Estimate, Setup, estimate
-from minift.memory.params import Method
+from minift.memory.params import build_meta_model
 from minift.models.config import ModelConfig
+from minift.peft.config import Method
+from minift.precision import autocast, param_dtype, uses_grad_scaler
 
 PHASES = ("weights loaded", "after forward", "peak in forward", "peak in backward", "peak in optimizer step",
           "steady state after step 2", "peak")
@@ -47,34 +49,23 @@ def _require_cuda() -> torch.device:
 
 def build_random_model(config: ModelConfig, method: Method, head: str | None, device: torch.device,
                        dtype: torch.dtype) -> torch.nn.Module:
-    """A minift ``TaskModel`` of ``config`` with random weights on ``device`` (PEFT applied when asked)."""
-    from minift.models.load import build_model
-    from minift.models.registry import get_family
-    from minift.peft.apply import apply
-
-    with torch.device("meta"):
-        model = build_model(config, get_family(config.model_type), head)
+    """A minift ``TaskModel`` of ``config`` with random weights on ``device``, ``method`` applied: the very model
+    the estimate counted (``params.build_meta_model``), materialised."""
+    model = build_meta_model(config, head, method)
     model = model.to_empty(device=device).to(dtype)
-    model.tie_weights()
+    model.tie_weights()  # a PromptModel passes it to the model it wraps
     with torch.no_grad():
         for name, p in model.named_parameters():
             if p.ndim >= 2:
                 p.normal_(0.0, 0.02)
             else:
                 p.fill_(1.0 if name.endswith("weight") else 0.0)
-    if method.name != "full":
-        options = {"lora": {"r": method.lora_r, "dropout": method.lora_dropout,
-                            "targets": list(method.lora_targets) if method.lora_targets else None},
-                   "adapter": {"size": method.adapter_size, "placement": method.adapter_placement,
-                               "activation": method.adapter_activation},
-                   "bitfit": {}, "prompt": {"num_virtual_tokens": method.prompt_length}}[method.name]
-        model = apply(model, method.name, train_head=method.train_head, **options)
     return model
 
 
 def make_optimizer(name: str, model: torch.nn.Module, lr: float = 1e-5) -> torch.optim.Optimizer:
     """The optimizer ``Setup.optimizer`` names, over the trainable parameters (minift's decay groups)."""
-    from minift.train.optim import param_groups
+    from minift.optim import param_groups
 
     groups = param_groups(model, 0.01)
     if name == "adamw":
@@ -91,7 +82,7 @@ def make_optimizer(name: str, model: torch.nn.Module, lr: float = 1e-5) -> torch
 
 def random_batch(config: ModelConfig, head: str | None, setup: Setup, device: torch.device) -> dict:
     """A random batch of ``setup``'s shape with labels for ``head``."""
-    B, T = setup.batch_size, setup.seq_len
+    B, T = setup.batch_size, setup.max_length
     ids = torch.randint(3, config.vocab_size, (B, T), device=device)
     batch = {"input_ids": ids}
     if setup.padded:
@@ -126,8 +117,7 @@ def profile_training(config: ModelConfig, method: Method | None = None, setup: S
     torch.cuda.empty_cache()
     _warm_up(device)
     memory = _CudaMemory()
-    dtype = torch.bfloat16 if setup.precision == "bf16" else torch.float32
-    model = build_random_model(config, method, head, device, dtype)
+    model = build_random_model(config, method, head, device, param_dtype(setup.precision))
     optimizer = make_optimizer(setup.optimizer, model)
     batch = random_batch(config, head, setup, device)
     start = time.perf_counter()
@@ -175,19 +165,17 @@ def train_steps(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch:
     from minift.losses import loss_sum
 
     device = next(model.parameters()).device
-    amp_dtype = torch.float16 if setup.precision == "mixed-fp16" else torch.bfloat16
-    scaler = torch.amp.GradScaler(device.type, enabled=setup.precision == "mixed-fp16")
+    scaler = torch.amp.GradScaler(device.type, enabled=uses_grad_scaler(setup.precision))
     inputs = {k: v for k, v in batch.items() if k != "labels"}
     backend = torch.nn.attention.SDPBackend.MATH if setup.attention == "eager" else None
-    model.gradient_checkpointing = setup.grad_checkpointing
+    model.gradient_checkpointing = setup.gradient_checkpointing
     model.train()
     m = {"weights loaded": memory.now()} if memory else {}
     for _ in range(steps):
-        for _ in range(setup.grad_accumulation):  # the last micro-batch's phases are kept
+        for _ in range(setup.grad_accum):  # the last micro-batch's phases are kept
             if memory:
                 memory.reset()
-            with _phase("forward"), torch.autocast(device.type, dtype=amp_dtype, enabled=setup.autocast), \
-                    _sdpa(backend):
+            with _phase("forward"), autocast(setup.precision, device), _sdpa(backend):
                 out = model(**inputs)
             with _phase("forward"):
                 loss = loss_sum(kind, out, batch["labels"]) if kind else out.float().sum()
@@ -195,7 +183,7 @@ def train_steps(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch:
                 m["after forward"], m["peak in forward"] = memory.now(), memory.peak()
                 memory.reset()
             with _phase("backward"), _sdpa(backend):
-                scaler.scale(loss / setup.grad_accumulation).backward()
+                scaler.scale(loss / setup.grad_accum).backward()
             if memory:
                 m["peak in backward"] = memory.peak()
             del out, loss

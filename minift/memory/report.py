@@ -1,12 +1,27 @@
-"""Rendering estimates: a rich table with the methods side by side, the assumptions, and what each term means."""
+"""Rendering estimates: a rich table with the methods side by side, the assumptions, and what each term means.
+
+A method that cannot run in the setup (a soft prompt that pushes the sequence past the model's positions, LoRA
+targets that match nothing, ...) is an ``Unrunnable`` row: shown with its reason, not an error of the command.
+"""
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 
 from rich.console import Console
 from rich.table import Table
 
 from minift.memory.estimate import Estimate, Setup, usable
+
+
+@dataclass(frozen=True)
+class Unrunnable:
+    """A method the estimate refused, and why (the ``ValueError`` a run would raise)."""
+
+    method: str  # its label, e.g. "prompt n=20"
+    reason: str
+
+    def to_dict(self) -> dict:
+        return {"method": self.method, "error": self.reason}
 
 EXPLANATIONS = {
     "weights": "every parameter × its dtype (fp32 and mixed: 4 B — the fp32 weights are the master copy; pure bf16: "
@@ -43,10 +58,11 @@ def human(n: float) -> str:
 def assumptions(setup: Setup, description: str, head: str | None) -> list[str]:
     lines = [
         f"model: {description}",
-        f"head: {head}; batch {setup.batch_size} × {setup.seq_len} tokens"
+        f"head: {head}; batch {setup.batch_size} × {setup.max_length} tokens"
+        + (f", {setup.grad_accum} micro-batches per step" if setup.grad_accum > 1 else "")
         + (" (padded, explicit masks)" if setup.padded else " (no padding: causal/flash path)"),
         (f"precision: {setup.precision}; optimizer: {setup.optimizer}; attention: {setup.attention}; "
-        f"gradient checkpointing: {'on' if setup.grad_checkpointing else 'off'}; device: {setup.device}"),
+        f"gradient checkpointing: {'on' if setup.gradient_checkpointing else 'off'}; device: {setup.device}"),
         ("memory counted as torch.cuda.memory_allocated sees it: the CUDA context (~0.5 GiB), cuBLAS workspaces and "
         "allocator fragmentation come on top (nvidia-smi shows more)"),
         ("training step as in minift.train: forward + loss under autocast, backward outside, step, "
@@ -55,15 +71,17 @@ def assumptions(setup: Setup, description: str, head: str | None) -> list[str]:
     return lines
 
 
-def table(results: list[Estimate], title: str) -> Table:
-    """Rows = memory terms, columns = methods."""
+def table(rows: list[Estimate | Unrunnable], title: str) -> Table:
+    """Rows = memory terms, columns = methods (a method that cannot run: "—" and "cannot run")."""
     t = Table(title=title, title_justify="left")
     t.add_column("term")
-    for r in results:
+    for r in rows:
         t.add_column(r.method, justify="right")
+    results = [r for r in rows if isinstance(r, Estimate)]
 
-    def row(name, values):
-        t.add_row(name, *values)
+    def row(name, values, missing="—"):
+        values = iter(values)
+        t.add_row(name, *(next(values) if isinstance(r, Estimate) else missing for r in rows))
 
     row("parameters (trainable)", [f"{r.params.total / 1e6:,.1f}M ({r.params.trainable / 1e6:,.3f}M)" for r in results])
     row("weights", [human(r.weights) for r in results])
@@ -75,18 +93,22 @@ def table(results: list[Estimate], title: str) -> Table:
     row("activations (total)", [human(r.activations.total - r.activations.logits) for r in results])
     row("logits buffers", [human(r.logits_buffers + r.activations.logits) for r in results])
     row("autocast copies", [human(r.autocast_copies) for r in results])
-    for phase in results[0].phases:
+    for phase in results[0].phases if results else ():
         row(f"  phase: {phase}", [human(r.phases[phase]) for r in results])
-    row("[bold]peak allocated[/bold]", [f"[bold]{human(r.peak)}[/bold]" for r in results])
+    row("[bold]peak allocated[/bold]", [f"[bold]{human(r.peak)}[/bold]" for r in results], "[red]cannot run[/red]")
     row("peak phase", [r.peak_phase for r in results])
     row("steady state (after step 2)", [human(r.steady) for r in results])
     return t
 
 
-def render(console: Console, results: list[Estimate], setup: Setup, description: str, head: str | None,
+def render(console: Console, rows: list[Estimate | Unrunnable], setup: Setup, description: str, head: str | None,
            gpu: int | None = None, batches: dict[str, int] | None = None) -> None:
     """Print the table, the fit on ``gpu`` bytes (with the largest batch per method), assumptions and terms."""
-    console.print(table(results, "Estimated GPU memory of one fine-tuning step"))
+    console.print(table(rows, "Estimated GPU memory of one fine-tuning step"))
+    for r in rows:
+        if isinstance(r, Unrunnable):
+            console.print(f"[red]{r.method} cannot run[/red]: {r.reason}", highlight=False)
+    results = [r for r in rows if isinstance(r, Estimate)]
     if gpu is not None:
         console.print(f"\n[bold]GPU {human(gpu)}[/bold] (usable for tensors ≈ {human(usable(gpu))}: 5% kept for "
                       "fragmentation, 0.75 GiB for the CUDA context)")
@@ -103,10 +125,12 @@ def render(console: Console, results: list[Estimate], setup: Setup, description:
         console.print(f"  - [italic]{name}[/italic]: {text}")
 
 
-def to_json(results: list[Estimate], setup: Setup, description: str, head: str | None, gpu: int | None = None,
-            batches: dict[str, int] | None = None) -> dict:
-    out = {"model": description, "head": head, "setup": asdict(setup), "methods": [r.to_dict() for r in results],
+def to_json(rows: list[Estimate | Unrunnable], setup: Setup, description: str, head: str | None,
+            gpu: int | None = None, batches: dict[str, int] | None = None) -> dict:
+    """Everything ``render`` prints, as a dict (a method that cannot run: ``{"method", "error"}``)."""
+    out = {"model": description, "head": head, "setup": asdict(setup), "methods": [r.to_dict() for r in rows],
            "assumptions": assumptions(setup, description, head)}
+    results = [r for r in rows if isinstance(r, Estimate)]
     if gpu is not None:
         out["gpu"] = {"bytes": gpu, "usable": usable(gpu),
                       "fits": {r.method: r.peak <= usable(gpu) for r in results},

@@ -115,7 +115,8 @@ def measure_saved(model: nn.Module, batch: dict, kind: str | None, autocast_dtyp
     copies, weight_copies = _WeightCopies(params), {}
     amp = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None else nullcontext()
     try:
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), (copies if autocast_dtype else nullcontext()), amp:
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), \
+                (copies if autocast_dtype else nullcontext()), amp:
             out = model(**inputs)
             loss = loss_sum(kind, out, batch["labels"]) if kind is not None else out.float().sum()
     finally:

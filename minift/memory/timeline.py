@@ -15,9 +15,10 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from minift.memory.estimate import Setup, estimate
-from minift.memory.params import Method
 from minift.memory.profile import Profile, build_random_model, make_optimizer, random_batch, train_steps
 from minift.models.config import ModelConfig
+from minift.peft.config import Method
+from minift.precision import param_dtype
 
 
 def _storage_bytes(tensors) -> int:
@@ -62,8 +63,7 @@ def profile_training_cpu(config: ModelConfig, method: Method | None = None, setu
         raise ValueError("profile_training_cpu needs Setup(device='cpu') (the estimate must use the CPU's rules)")
     est = estimate(config, method, setup)
     head = setup.resolved_head(config)
-    dtype = torch.bfloat16 if setup.precision == "bf16" else torch.float32
-    model = build_random_model(config, method, head, torch.device("cpu"), dtype)
+    model = build_random_model(config, method, head, torch.device("cpu"), param_dtype(setup.precision))
     optimizer = make_optimizer(setup.optimizer, model)
     batch = random_batch(config, head, setup, torch.device("cpu"))
     train_steps(model, optimizer, batch, head, setup, steps=1)  # optimizer states now exist

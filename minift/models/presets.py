@@ -1,9 +1,10 @@
-"""Model shapes for the estimator: published presets, HF folders, GGUF files, or a bare parameter count.
+"""Model shapes by name: published presets, HF folders, GGUF files, or a bare parameter count.
 
 ``resolve_model(name_or_path)`` returns ``(ModelConfig, description)``. Presets are the published
-``config.json`` values of the checkpoints (only the shape fields the estimator reads); their parameter counts
+``config.json`` values of the checkpoints (only the shape fields a model is built from); their parameter counts
 are checked against the published sizes in ``tests/memory/test_params.py``. ``shape_for_params(n)`` picks a
-Llama-3-style decoder of about ``n`` parameters and says which.
+Llama-3-style decoder of about ``n`` parameters and says which. ``python -m minift.memory`` answers for these;
+they are data, so they live with the models.
 """
 from __future__ import annotations
 
@@ -86,7 +87,8 @@ _WIDTHS = (512, 768, 1024, 1536, 2048, 2560, 3072, 4096, 5120, 6144, 8192, 12288
 
 def shape_for_params(n: float) -> tuple[ModelConfig, str]:
     """A Llama-3-style decoder (128k vocabulary, GQA with 8 KV heads, head_dim 128, SwiGLU with F ≈ 8/3·C
-    rounded to 256, a common width with about 110 channels per layer, embeddings tied below 5B) of about ``n`` parameters.
+    rounded to 256, a common width with about 110 channels per layer, embeddings tied below 5B) of about ``n``
+    parameters.
 
     Raises:
         ValueError: ``n`` is not a number between 10M and 1T.

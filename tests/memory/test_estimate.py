@@ -5,9 +5,10 @@ import pytest
 
 from minift.memory.activations import Batch, trace_activations
 from minift.memory.estimate import Setup, estimate, fits, largest_batch
-from minift.memory.params import Method, count_params
-from minift.memory.presets import resolve_model, shape_for_params
+from minift.memory.params import model_facts
 from minift.memory.tracer import HALF
+from minift.models.presets import resolve_model, shape_for_params
+from minift.peft.config import Method
 
 
 @pytest.fixture(scope="module")
@@ -15,9 +16,9 @@ def llama3b():
     return resolve_model("llama-3.2-3b")[0]
 
 
-@pytest.mark.parametrize("precision,weight_bytes", [("fp32", 4), ("mixed-bf16", 4), ("bf16", 2)])
+@pytest.mark.parametrize("precision,weight_bytes", [("fp32", 4), ("bf16", 4), ("fp16", 4), ("bf16-pure", 2)])
 def test_weights_gradients_adamw_states(llama3b, precision, weight_bytes):
-    P = count_params(llama3b, "causal-lm", Method()).total
+    P = model_facts(llama3b, "causal-lm", Method()).params.total
     e = estimate(llama3b, Method(), Setup(precision=precision))
     assert (e.weights, e.gradients, e.optimizer_states) == (P * weight_bytes, P * weight_bytes, 2 * P * weight_bytes)
     assert e.steady == e.weights + e.optimizer_states
@@ -80,7 +81,7 @@ def test_korthikanti_formula_for_a_gpt_layer():
 
 def test_checkpointing_trades_activations_for_one_recomputed_block(llama3b):
     stored = estimate(llama3b, Method(), Setup(batch_size=8))
-    ckpt = estimate(llama3b, Method(), Setup(batch_size=8, grad_checkpointing=True))
+    ckpt = estimate(llama3b, Method(), Setup(batch_size=8, gradient_checkpointing=True))
     B, T, C = 8, 512, llama3b.hidden_size
     rope = 2 * T * llama3b.head_dim * 4
     assert ckpt.activations.layers == llama3b.num_layers * B * T * C * 4 + rope
@@ -88,8 +89,8 @@ def test_checkpointing_trades_activations_for_one_recomputed_block(llama3b):
 
 
 def test_eager_attention_keeps_the_scores(llama3b):
-    sdpa = estimate(llama3b, Method(), Setup(batch_size=1, seq_len=1024))
-    eager = estimate(llama3b, Method(), Setup(batch_size=1, seq_len=1024, attention="eager"))
+    sdpa = estimate(llama3b, Method(), Setup(batch_size=1, max_length=1024))
+    eager = estimate(llama3b, Method(), Setup(batch_size=1, max_length=1024, attention="eager"))
     T, H = 1024, llama3b.num_heads
     # fp32 softmax output per layer at least (no dropout in Llama)
     assert eager.activations.per_layer[1] - sdpa.activations.per_layer[1] >= 0.95 * H * T * T * 4
@@ -125,27 +126,47 @@ def test_largest_batch(llama3b):
 def test_params_shape_is_about_the_requested_size():
     for n in (1e8, 1e9, 3e9, 8e9, 7e10):
         config, description = shape_for_params(n)
-        total = count_params(config, "causal-lm", Method()).total
+        total = model_facts(config, "causal-lm", Method()).params.total
         assert math.isclose(total, n, rel_tol=0.1)
         assert "assumed" in description and str(config.num_layers) in description
 
 
 @pytest.mark.parametrize("kwargs,message", [
-    ({"batch_size": 0}, "batch-size"), ({"seq_len": -3}, "seq-len"), ({"precision": "fp8"}, "precision"),
+    ({"batch_size": 0}, "batch-size"), ({"max_length": -3}, "max-length"), ({"precision": "fp8"}, "precision"),
+    ({"grad_accum": 0}, "grad-accum"),
     ({"optimizer": "adam"}, "optimizer"), ({"attention": "flash"}, "attention")])
 def test_bad_setup(kwargs, message):
     with pytest.raises(ValueError, match=message):
         Setup(**kwargs)
 
 
+def test_precision_names_are_minift_trains():
+    """bf16 is autocast (fp32 weights) as in minift.train; the earlier mixed-* spellings are aliases."""
+    assert Setup(precision="mixed-bf16").precision == "bf16" and Setup(precision="mixed-fp16").precision == "fp16"
+    assert Setup(precision="bf16").autocast and Setup(precision="bf16").param_itemsize == 4
+    assert not Setup(precision="bf16-pure").autocast and Setup(precision="bf16-pure").param_itemsize == 2
+
+
+def test_lora_dropout_is_counted(llama3b):
+    """minift.peft's default LoRA dropout (0.05) keeps a mask and a dropped copy of each target's input."""
+    without = estimate(llama3b, Method.of("lora", dropout=0.0), Setup())
+    default = estimate(llama3b, Method("lora"), Setup())
+    B, T, C = 1, 512, llama3b.hidden_size
+    # per layer: the shared input (kept once without dropout) → two bool masks and two fp32 copies (q and v)
+    extra = 2 * B * T * C * (1 + 4) - B * T * C * 4
+    assert default.activations.per_layer[1] - without.activations.per_layer[1] == extra
+
+
 def test_bad_input():
-    with pytest.raises(ValueError, match="unknown method"):
+    with pytest.raises(ValueError, match="unknown fine-tuning method"):
         Method("qlora")
-    with pytest.raises(ValueError, match="lora-r"):
-        Method("lora", lora_r=0)
-    with pytest.raises(ValueError, match="positions"):
-        estimate(resolve_model("bert-base")[0], Method(), Setup(seq_len=1000))
-    with pytest.raises(ValueError, match="causal-LM"):
+    with pytest.raises(ValueError, match="LoRA r must be a positive integer"):
+        Method.of("lora", r=0)
+    with pytest.raises(ValueError, match="exceeds max_position_embeddings 512"):
+        estimate(resolve_model("bert-base")[0], Method(), Setup(max_length=1000))
+    with pytest.raises(ValueError, match="prompt n=20 cannot run 512-token sequences.*--prompt-length"):
+        estimate(resolve_model("roberta-base")[0], Method("prompt"), Setup())
+    with pytest.raises(ValueError, match="no causal-lm head"):
         estimate(resolve_model("bert-base")[0], Method(), Setup(head="causal-lm"))
     with pytest.raises(ValueError, match="unknown model"):
         resolve_model("llama-9b")

@@ -8,8 +8,9 @@ import torch
 
 from minift.memory.__main__ import main, parse_gpu
 from minift.memory.estimate import Setup, estimate
-from minift.memory.params import Method, count_params
-from minift.memory.presets import resolve_model
+from minift.memory.params import model_facts
+from minift.models.presets import PRESETS, resolve_model
+from minift.peft.config import Method
 
 
 def test_params_only(capsys):
@@ -22,15 +23,48 @@ def test_params_only(capsys):
 
 
 def test_json_matches_the_api(capsys):
-    assert main(["--model", "llama-3.2-3b", "--json", "--batch-size", "2", "--precision", "mixed-bf16"]) == 0
+    assert main(["--model", "llama-3.2-3b", "--json", "--batch-size", "2", "--precision", "bf16"]) == 0
     data = json.loads(capsys.readouterr().out)
     names = [m["method"] for m in data["methods"]]
     assert names == ["full", "lora r=8", "adapter m=64 (houlsby)", "prompt n=20"]  # no biases: no BitFit
     config = resolve_model("llama-3.2-3b")[0]
-    expected = estimate(config, Method("lora"), Setup(batch_size=2, precision="mixed-bf16"))
+    expected = estimate(config, Method("lora"), Setup(batch_size=2, precision="bf16"))
     assert data["methods"][1]["peak"] == expected.peak
-    assert data["methods"][1]["autocast_copies"] > 0
-    assert data["setup"]["precision"] == "mixed-bf16"
+    assert data["methods"][1]["autocast_copies"] > 0  # bf16 is autocast, as in minift.train
+    assert data["setup"]["precision"] == "bf16"
+
+
+def test_old_spellings_are_aliases(capsys):
+    """--seq-len, --grad-accumulation, --grad-checkpointing and mixed-bf16 give what the new names give."""
+    new = ["--model", "gpt2", "--json", "--method", "lora", "--max-length", "128", "--grad-accum", "2",
+           "--gradient-checkpointing", "--precision", "bf16"]
+    old = ["--model", "gpt2", "--json", "--method", "lora", "--seq-len", "128", "--grad-accumulation", "2",
+           "--grad-checkpointing", "true", "--precision", "mixed-bf16"]
+    outputs = []
+    for argv in (new, old):
+        assert main(argv) == 0
+        outputs.append(json.loads(capsys.readouterr().out))
+    assert outputs[0] == outputs[1]
+    assert outputs[0]["setup"]["gradient_checkpointing"] is True and outputs[0]["setup"]["grad_accum"] == 2
+    assert main(["--model", "gpt2", "--json", "--method", "full", "--gradient-checkpointing", "false"]) == 0
+    assert json.loads(capsys.readouterr().out)["setup"]["gradient_checkpointing"] is False
+
+
+def test_method_options_are_minift_peft_fields(capsys):
+    """--lora-*, --adapter-*, --prompt-* and --train-head build the same Method the API takes."""
+    argv = ["--model", "roberta-base", "--json", "--max-length", "128", "--method", "lora", "--method", "adapter",
+            "--method", "prompt", "--lora-r", "4", "--lora-alpha", "8", "--lora-dropout", "0", "--lora-targets",
+            "query,key,value", "--adapter-reduction-factor", "16", "--adapter-placement", "pfeiffer",
+            "--adapter-activation", "gelu", "--prompt-length", "7", "--prompt-init", "random", "--train-head", "false"]
+    assert main(argv) == 0
+    data = json.loads(capsys.readouterr().out)
+    config, setup = resolve_model("roberta-base")[0], Setup(max_length=128)
+    methods = [Method.of("lora", False, r=4, alpha=8, dropout=0.0, targets=["query", "key", "value"]),
+               Method.of("adapter", False, reduction_factor=16, placement="pfeiffer", activation="gelu"),
+               Method.of("prompt", False, length=7, init="random")]
+    assert [m["method"] for m in data["methods"]] == [m.label() for m in methods]
+    assert [m["peak"] for m in data["methods"]] == [estimate(config, m, setup).peak for m in methods]
+    assert data["methods"][0]["params_trainable"] == 12 * 3 * 4 * (768 + 768)  # no head: --train-head false
 
 
 def test_gpu_fit_and_largest_batch(capsys):
@@ -43,15 +77,34 @@ def test_gpu_fit_and_largest_batch(capsys):
 def test_nothing_fits(capsys):
     assert main(["--model", "llama-3-8b", "--gpu", "8GB"]) == 1
     err = capsys.readouterr().err
-    assert "nothing fits on a 7.45 GiB GPU" in err and "--grad-checkpointing" in err
+    assert "nothing fits on a 7.45 GiB GPU" in err and "--gradient-checkpointing" in err
 
 
 def test_minilm_folder(minilm_dir, capsys):
-    assert main(["--model", str(minilm_dir), "--json", "--seq-len", "128", "--batch-size", "32"]) == 0
+    assert main(["--model", str(minilm_dir), "--json", "--max-length", "128", "--batch-size", "32"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert [m["method"] for m in data["methods"]][3] == "bitfit"
     config = resolve_model(str(minilm_dir))[0]
-    assert data["methods"][0]["params_total"] == count_params(config, "classification", Method()).total
+    assert data["methods"][0]["params_total"] == model_facts(config, "classification", Method()).params.total
+
+
+def test_minilm_folder_without_flags(minilm_dir, capsys):
+    """The default 512 tokens fill MiniLM's positions: the prompt row says it cannot run, the others answer."""
+    assert main(["--model", str(minilm_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "prompt n=20 cannot run" in out and "exceeds max_position_embeddings 512" in out
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_every_preset_without_flags(name, capsys):
+    """Every preset answers with no other flag (issue 14); a method that cannot run is a row, not exit 2."""
+    assert main(["--model", name, "--json"]) == 0
+    methods = json.loads(capsys.readouterr().out)["methods"]
+    failed = {m["method"]: m["error"] for m in methods if "error" in m}
+    config = resolve_model(name)[0]
+    short = config.max_position_embeddings < 512 + 20 + 3  # BERT 512, RoBERTa 514 positions: no room for a prompt
+    assert list(failed) == (["prompt n=20"] if short else [])
+    assert all("peak" in m for m in methods if "error" not in m) and len(methods) - len(failed) >= 3
 
 
 def test_smollm2_gguf(smollm2_gguf, capsys):
@@ -65,11 +118,14 @@ def test_smollm2_gguf(smollm2_gguf, capsys):
 
 @pytest.mark.parametrize("argv,message", [
     (["--model", "llama-9b"], "unknown model 'llama-9b'"),
-    (["--model", "bert-base", "--seq-len", "1000"], "positions"),
+    (["--model", "bert-base", "--max-length", "1000"], "exceeds max_position_embeddings 512"),
     (["--model", "bert-base", "--gpu", "lots"], "--gpu 'lots' is not a memory size"),
     (["--model", "bert-base", "--batch-size", "0"], "batch-size must be a positive integer"),
     (["--params", "1e3"], "outside the range"),
-    (["--model", "bert-base", "--method", "lora", "--lora-r", "0"], "lora-r must be a positive integer"),
+    (["--model", "bert-base", "--method", "lora", "--lora-r", "0"], "LoRA r must be a positive integer"),
+    (["--model", "bert-base", "--method", "lora", "--lora-targets", "q_proj"], "matches no module"),
+    (["--model", "llama-3.2-1b", "--method", "bitfit"], "BitFit trains bias terms"),
+    (["--model", "bert-base", "--head", "causal-lm"], "no causal-lm head"),
 ])
 def test_bad_input(argv, message, capsys):
     assert main(argv) == 2

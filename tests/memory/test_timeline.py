@@ -7,9 +7,9 @@ within 5% and its steady state exactly, for every family and method and the main
 import pytest
 
 from minift.memory.estimate import Setup
-from minift.memory.params import Method
 from minift.memory.timeline import profile_training_cpu
 from minift.models.config import ModelConfig
+from minift.peft.config import Method
 
 
 def _config(model_type: str) -> ModelConfig:
@@ -23,9 +23,10 @@ def _config(model_type: str) -> ModelConfig:
     return ModelConfig(model_type=model_type, **fields)
 
 
-def _check(model_type, method, **setup):
-    prof = profile_training_cpu(_config(model_type), Method(method, adapter_size=16),
-                                Setup(batch_size=2, seq_len=64, device="cpu", **setup))
+def _check(model_type, name, **setup):
+    options = {"size": 16} if name == "adapter" else {}
+    prof = profile_training_cpu(_config(model_type), Method.of(name, **options),
+                                Setup(batch_size=2, max_length=64, device="cpu", **setup))
     assert prof.measured["steady state after step 2"] == pytest.approx(
         prof.estimated["steady state after step 2"], rel=0.005)
     assert abs(prof.error("peak")) <= 5.0, (prof.measured, prof.estimated)
@@ -40,8 +41,8 @@ def test_peak_matches_the_allocator(model_type, method):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("setup", [
-    {"grad_checkpointing": True}, {"attention": "eager"}, {"precision": "mixed-bf16"},
-    {"precision": "bf16", "optimizer": "sgd-momentum"}, {"optimizer": "adamw-foreach"}, {"grad_accumulation": 2},
+    {"gradient_checkpointing": True}, {"attention": "eager"}, {"precision": "bf16"},
+    {"precision": "bf16-pure", "optimizer": "sgd-momentum"}, {"optimizer": "adamw-foreach"}, {"grad_accum": 2},
     {"padded": True}], ids=lambda s: "-".join(f"{k}={v}" for k, v in s.items()))
 @pytest.mark.parametrize("model_type,method", [("llama", "full"), ("llama", "lora"), ("bert", "full")])
 def test_peak_with_options(model_type, method, setup):
@@ -55,12 +56,12 @@ def test_the_optimizer_step_and_steady_state_are_exact():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("setup", [{"precision": "fp32"}, {"precision": "mixed-bf16", "grad_checkpointing": True}],
-                         ids=["fp32", "mixed-bf16-checkpointed"])
+@pytest.mark.parametrize("setup", [{"precision": "fp32"}, {"precision": "bf16", "gradient_checkpointing": True}],
+                         ids=["fp32", "bf16-autocast-checkpointed"])
 def test_real_smollm2_shape(smollm2_gguf, setup):
     """The real SmolLM2-135M shape (30 layers, 49k vocabulary, tied) with LoRA, random weights, on the CPU."""
-    from minift.memory.presets import resolve_model
+    from minift.models.presets import resolve_model
 
     config, _ = resolve_model(str(smollm2_gguf))
-    prof = profile_training_cpu(config, Method("lora"), Setup(batch_size=1, seq_len=64, device="cpu", **setup))
+    prof = profile_training_cpu(config, Method("lora"), Setup(batch_size=1, max_length=64, device="cpu", **setup))
     assert abs(prof.error("peak")) <= 5.0, (prof.measured, prof.estimated)
