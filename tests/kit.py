@@ -81,6 +81,17 @@ FAMILIES: dict[str, Spec] = {
                                   "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
                                   "max_position_embeddings": 64, "pad_token_id": 0},
                   _heads("Llama", "LlamaForCausalLM")),
+    # Qwen2: q/k/v biases, tied embeddings, and the second layer on a sliding window shorter than the batches
+    "qwen2": Spec("Qwen2Config", {"vocab_size": VOCAB, "hidden_size": 32, "intermediate_size": 64,
+                                  "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+                                  "max_position_embeddings": 64, "pad_token_id": 0, "tie_word_embeddings": True,
+                                  "use_sliding_window": True, "sliding_window": 4, "max_window_layers": 1},
+                  _heads("Qwen2", "Qwen2ForCausalLM")),
+    # Mistral: every layer on a sliding window shorter than the batches
+    "mistral": Spec("MistralConfig", {"vocab_size": VOCAB, "hidden_size": 32, "intermediate_size": 64,
+                                      "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+                                      "max_position_embeddings": 64, "pad_token_id": 0, "sliding_window": 4},
+                    _heads("Mistral", "MistralForCausalLM")),
 }
 ENCODERS = tuple(f for f, spec in FAMILIES.items() if not spec.is_decoder)
 DECODERS = tuple(f for f, spec in FAMILIES.items() if spec.is_decoder)

@@ -22,6 +22,9 @@ EXPECTED = {
               "layer_norm_eps": "rms_norm_eps", "tie_word_embeddings": "tie_word_embeddings"},
 }
 EXPECTED["roberta"] = EXPECTED["bert"]
+EXPECTED["qwen2"] = {k: v for k, v in {**EXPECTED["llama"], "window_size": "sliding_window"}.items()
+                     if k != "head_dim"}  # Qwen2Config has no head_dim: it is hidden_size / heads
+EXPECTED["mistral"] = {**EXPECTED["llama"], "window_size": "sliding_window"}
 
 
 def _hf(model_type, **extra):
