@@ -14,6 +14,10 @@ names in the model (for LoRA ``bert.encoder.layer.0.attention.self.query.lora_A`
 
 Nothing is pickled. Loading re-applies the method to the fresh base model and copies the tensors in, which
 reproduces the trained model's outputs exactly. Files of version 1 (trainable tensors only) still load.
+
+Below the folder format, ``trainable_state(model)`` / ``load_trainable_state(model, tensors, source)`` are the
+tensors-level pair (every parameter with ``requires_grad``, checked by name and shape) that ``minift.train``'s
+checkpoints use, for full fine-tuning too.
 """
 from __future__ import annotations
 
@@ -111,23 +115,44 @@ def load_trainable(model: nn.Module, folder: str | Path) -> nn.Module:
         params.update(frozen_to_save(model))
         everything = dict(model.named_parameters())
         params.update({name: everything[name] for name in recorded if name in everything})
-    missing = sorted(set(params) - set(saved))
-    unexpected = sorted(set(saved) - set(params))
-    wrong = sorted(k for k in set(params) & set(saved) if tuple(params[k].shape) != tuple(saved[k].shape))
-    if missing or unexpected or wrong:
-        raise ValueError(f"{path} does not match the model's trainable parameters: missing {missing[:5]}, "
-                         f"unexpected {unexpected[:5]}, wrong shape {wrong[:5]}; was it saved from a different "
-                         "base model or method?")
     # A merged LoRA layer holds its old update in the weight: take it out before replacing A and B.
     merged = [m for m in model.modules() if isinstance(m, LoRALinear) and m.merged]
     for m in merged:
         m.unmerge()
+    try:
+        _copy_checked(params, saved, str(path))
+    finally:
+        for m in merged:
+            m.merge()
+    return model
+
+
+def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Name → detached tensor of every parameter with ``requires_grad`` (tied parameters once), as they are in the
+    model (not copied): what a training checkpoint saves, for PEFT and full fine-tuning alike."""
+    return {name: p.detach() for name, p in trainable_parameters(model).items()}
+
+
+def load_trainable_state(model: nn.Module, tensors: dict[str, torch.Tensor], source: str) -> None:
+    """Copy ``tensors`` (from :func:`trainable_state`) into ``model``'s trainable parameters, in place.
+
+    Raises ``ValueError`` naming the keys (and ``source``) unless the names are exactly the trainable parameters'
+    and every shape matches.
+    """
+    _copy_checked(trainable_parameters(model), tensors, source)
+
+
+def _copy_checked(params: dict[str, nn.Parameter], tensors: dict[str, torch.Tensor], source: str) -> None:
+    missing = sorted(set(params) - set(tensors))
+    unexpected = sorted(set(tensors) - set(params))
+    wrong = sorted(k for k in set(params) & set(tensors) if tuple(params[k].shape) != tuple(tensors[k].shape))
+    if missing or unexpected or wrong:
+        raise ValueError(f"{source} does not match the model's trainable parameters: missing {missing[:5]}, "
+                         f"unexpected {unexpected[:5]}, wrong shape {wrong[:5]}; was it saved from a different "
+                         "base model or method?")
     with torch.no_grad():
         for name, p in params.items():
-            p.copy_(saved[name].to(device=p.device, dtype=p.dtype))
-    for m in merged:
-        m.merge()
-    return model
+            p.copy_(tensors[name].to(device=p.device, dtype=p.dtype))
 
 
 def frozen_to_save(model: nn.Module, fresh_keys=()) -> dict[str, nn.Parameter]:
