@@ -1,11 +1,11 @@
-"""minift.data: tasks from the real data files, tokenizers, encoding, batching and metrics.
+"""minift.data: tasks from the real data files, tokenizers, encoding, padding and metrics.
 
 ``load_task(name, data_dir=None) -> Task``; ``load_tokenizer(path)``; ``encode(task, examples, tokenizer,
 max_length)`` -> features; ``collate(features, pad_id)`` / ``Collator`` -> padded tensors;
-``compute_metrics(task, predictions, labels)``; causal-LM tasks are scored from generated text with
-``generate_label_ids(model, task, examples, tokenizer)``.
+``compute_metrics(task, predictions, labels)``; causal-LM tasks are scored from generated text parsed with
+``parse_label`` (generation itself: ``minift.train.evaluate.generate_labels``).
 """
-from minift.data.collate import Collator, LengthGroupedBatchSampler, collate, length_grouped_batches
+from minift.data.collate import Collator, collate
 from minift.data.encode import (
     encode,
     encode_causal_lm,
@@ -16,7 +16,6 @@ from minift.data.encode import (
 )
 from minift.data.errors import DataError
 from minift.data.example import IGNORE_INDEX, Example, Task
-from minift.data.lm_eval import generate_label_ids
 from minift.data.metrics import classification_report, compute_metrics
 from minift.data.ner import entities, ner_report, ner_scores
 from minift.data.paths import resolve_data_dir
@@ -24,9 +23,8 @@ from minift.data.tasks import load_task, task_names
 from minift.data.tokenizer import SpecialIds, load_tokenizer, special_ids, uses_token_type_ids
 
 __all__ = [
-    "IGNORE_INDEX", "Collator", "DataError", "Example", "LengthGroupedBatchSampler", "SpecialIds", "Task",
-    "classification_report", "collate", "compute_metrics", "encode", "encode_causal_lm", "encode_task",
-    "encode_words", "entities", "format_prompt", "generate_label_ids", "length_grouped_batches", "load_task",
-    "load_tokenizer", "ner_report", "ner_scores", "parse_label", "resolve_data_dir", "special_ids", "task_names",
-    "uses_token_type_ids",
+    "IGNORE_INDEX", "Collator", "DataError", "Example", "SpecialIds", "Task", "classification_report", "collate",
+    "compute_metrics", "encode", "encode_causal_lm", "encode_task", "encode_words", "entities", "format_prompt",
+    "load_task", "load_tokenizer", "ner_report", "ner_scores", "parse_label", "resolve_data_dir", "special_ids",
+    "task_names", "uses_token_type_ids",
 ]

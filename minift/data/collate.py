@@ -1,9 +1,10 @@
-"""Batches from features: dynamic padding to the longest sequence of the batch, and length-grouped
-batch sampling so that batches waste little padding."""
+"""Batches from features: dynamic padding to the longest sequence of the batch.
+
+Which features go into a batch (seeded, length-grouped, sharded across processes) is
+``minift.train.batching.BatchPlan``'s job."""
 from __future__ import annotations
 
-import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -25,7 +26,7 @@ def collate(features: Sequence[dict], pad_id: int, padding_side: str = "right",
     Returns:
         ``input_ids`` (B, T) long, ``attention_mask`` (B, T) long 1/0, ``token_type_ids`` (B, T) long when the
         features have them, ``labels``: (B,) long for classes, (B,) float for regression, (B, T) long with
-        -100 on padding for per-token labels.
+        ``IGNORE_INDEX`` on padding for per-token labels.
     """
     if not features:
         raise ValueError("cannot collate an empty batch")
@@ -67,49 +68,3 @@ class Collator:
 
     def __call__(self, features: Sequence[dict]) -> dict[str, torch.Tensor]:
         return collate(features, self.pad_id, self.padding_side, self.pad_to_multiple_of)
-
-
-def length_grouped_batches(lengths: Sequence[int], batch_size: int, seed: int, mega_batch_mult: int = 50,
-                           drop_last: bool = False) -> list[list[int]]:
-    """Batches of indices of similar length, in a seeded random order.
-
-    As transformers' ``LengthGroupedSampler``: shuffle all indices with ``random.Random(seed)``, cut them into
-    mega-batches of ``mega_batch_mult * batch_size``, sort each mega-batch by length (longest first), cut it into
-    batches, and shuffle the batch order. Every index appears exactly once (the last batch may be short
-    unless ``drop_last``).
-    """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    rng = random.Random(seed)
-    order = list(range(len(lengths)))
-    rng.shuffle(order)
-    mega = batch_size * max(1, mega_batch_mult)
-    batches = []
-    for start in range(0, len(order), mega):
-        group = sorted(order[start:start + mega], key=lambda i: -lengths[i])
-        batches.extend(group[i:i + batch_size] for i in range(0, len(group), batch_size))
-    if drop_last:
-        batches = [b for b in batches if len(b) == batch_size]
-    rng.shuffle(batches)
-    return batches
-
-
-class LengthGroupedBatchSampler(torch.utils.data.Sampler):
-    """A ``DataLoader(batch_sampler=...)`` of length-grouped batches; ``set_epoch(e)`` reshuffles with
-    ``seed + e`` so that every epoch differs and a resumed run sees the same batches."""
-
-    def __init__(self, lengths: Sequence[int], batch_size: int, seed: int = 0, mega_batch_mult: int = 50,
-                 drop_last: bool = False):
-        self.lengths, self.batch_size, self.seed = list(lengths), batch_size, seed
-        self.mega_batch_mult, self.drop_last, self.epoch = mega_batch_mult, drop_last, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __iter__(self) -> Iterator[list[int]]:
-        yield from length_grouped_batches(self.lengths, self.batch_size, self.seed + self.epoch,
-                                          self.mega_batch_mult, self.drop_last)
-
-    def __len__(self) -> int:
-        full, rest = divmod(len(self.lengths), self.batch_size)
-        return full if self.drop_last else full + (rest > 0)

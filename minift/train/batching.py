@@ -5,6 +5,9 @@ position again by skipping micro-batches. Under torchrun every process builds th
 micro-batches (``batch_size × world_size`` examples) and takes its own contiguous shard, so a run on N
 processes sees exactly the batches of a single-process run with the same global batch
 (the DistributedSampler idea, without padding the data set with repeated examples).
+
+This is minift's one length grouping (HF's ``LengthGroupedSampler`` idea, seeded per epoch and shard-aware);
+:func:`eval_batches` orders evaluation batches by length.
 """
 from __future__ import annotations
 
@@ -85,3 +88,12 @@ class BatchPlan:
         batches = epoch_order(self.lengths, self.batch_size * self.world_size, self.seed, epoch,
                               self.group_by_length)
         return [shard(b, self.rank, self.world_size) for b in batches]
+
+
+def eval_batches(features: Sequence[dict], collate: Callable[[list], dict], batch_size: int) -> list:
+    """Evaluation batches of ``features`` sorted by length (little padding; metrics do not depend on the order,
+    predictions and labels stay paired), collated with ``collate`` (right padding: generation writes after each
+    row's own end)."""
+    order = sorted(range(len(features)), key=lambda i: len(features[i]["input_ids"]))
+    return [collate([features[i] for i in order[start:start + batch_size]])
+            for start in range(0, len(order), batch_size)]

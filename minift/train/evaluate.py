@@ -1,25 +1,47 @@
-"""Predictions of a model over a split, in the form ``minift.data``'s ``compute_metrics`` takes.
+"""A model's metrics on a split of encoded batches: what validation and the final test run, usable on its own.
 
 - classification: the argmax class per example; regression: the predicted score;
-- token classification: per sequence, the argmax tag of every position whose label is not -100 (the first
-  sub-token of each word), with the gold tags at the same positions;
-- causal-LM: greedy generation after the prompt, parsed back to a class id by ``parse_label`` (-1: none).
+- token classification: per sequence, the argmax tag of every labelled position (``IGNORE_INDEX`` elsewhere; the
+  first sub-token of each word), with the gold tags at the same positions;
+- causal-LM: greedy generation after each prompt (``minift.models.generate.greedy_generate``), decoded and parsed
+  back to a class id by ``minift.data.encode.parse_label`` (-1: no label word, counted wrong).
+
+Batches are dicts of CPU tensors with ``labels`` (``minift.train.batching.eval_batches``); causal-LM prompts are
+right-padded without their target.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
 
-from minift.data.example import IGNORE_INDEX
+from minift.data.encode import parse_label
+from minift.data.example import IGNORE_INDEX, Task
+from minift.data.metrics import compute_metrics
 from minift.models.generate import greedy_generate
-from minift.train.loop import autocast, model_inputs
+from minift.precision import autocast
+from minift.train.step import model_inputs
+
+
+def evaluate(model: nn.Module, task: Task, batches: Sequence[dict], tokenizer, eos_id: int | None, precision: str,
+             device: torch.device) -> dict:
+    """The task's metrics by name (``minift.data.compute_metrics``) of ``model`` over ``batches``.
+
+    Args:
+        tokenizer / eos_id: decode and end generated labels (causal-LM tasks only; see :func:`generate_labels`).
+        precision: the autocast of the run (``minift.precision``).
+    """
+    if task.kind == "causal-lm":
+        predictions, labels = generate_labels(model, batches, tokenizer, task.label_words, eos_id, precision, device)
+    else:
+        predictions, labels = predict(model, batches, task.kind, precision, device)
+    return compute_metrics(task, predictions, labels)
 
 
 @torch.no_grad()
 def predict(model: nn.Module, batches: Sequence[dict], kind: str, precision: str, device: torch.device) -> tuple:
-    """(predictions, labels) over padded batches (dicts of CPU tensors with ``labels``).
+    """(predictions, labels) over padded batches of a classification, regression or token-classification task.
 
     Returns:
         Two lists of equal length: ints (classification), floats (regression), or lists of ints per sequence
@@ -52,25 +74,32 @@ def predict(model: nn.Module, batches: Sequence[dict], kind: str, precision: str
 
 
 @torch.no_grad()
-def generate_labels(model: nn.Module, batches: Sequence[dict], decode: Callable[[list], str],
-                    parse: Callable[[str], int], max_new_tokens: int, eos_id: int | None,
-                    precision: str, device: torch.device) -> tuple:
-    """(predicted class ids, gold class ids) for a causal-LM classification task by generating the label.
-
-    Greedy decoding is ``minift.models.generate.greedy_generate`` (under the run's autocast); each row's new
-    tokens up to its EOS are decoded and parsed back to a class id (-1: no label word).
-    """
+def generated_tokens(model: nn.Module, batches: Sequence[dict], max_new_tokens: int, eos_id: int | None,
+                     precision: str, device: torch.device) -> list:
+    """The new tokens greedy decoding writes after each row's prompt, up to (without) its EOS: one list per row."""
     was_training = model.training
     model.eval()
-    predictions, labels = [], []
+    rows = []
     for batch in batches:
         ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)  # (B, T)
         with autocast(precision, device):
             new = greedy_generate(model, ids, max_new_tokens, eos_token_id=eos_id, attention_mask=mask)
         for tokens in new[:, ids.shape[1]:].tolist():  # (B, n) new tokens per row
-            if eos_id is not None and eos_id in tokens:
-                tokens = tokens[:tokens.index(eos_id)]
-            predictions.append(parse(decode(tokens)))
-        labels += batch["labels"].tolist()
+            rows.append(tokens[:tokens.index(eos_id)] if eos_id is not None and eos_id in tokens else tokens)
     model.train(was_training)
+    return rows
+
+
+def generate_labels(model: nn.Module, batches: Sequence[dict], tokenizer, label_words: Sequence[str],
+                    eos_id: int | None, precision: str, device: torch.device) -> tuple:
+    """(predicted class ids, gold class ids) of a causal-LM classification task, by generating the label.
+
+    Generation stops at ``eos_id`` or after as many tokens as the longest label word needs, plus one; the text is
+    decoded without special tokens and parsed to the index of the label word it names (-1: none).
+    """
+    longest = max(len(tokenizer.encode(" " + word, add_special_tokens=False).ids) for word in label_words)
+    rows = generated_tokens(model, batches, longest + 1, eos_id, precision, device)
+    predictions = [parse_label(tokenizer.decode(tokens, skip_special_tokens=True), label_words)
+                   for tokens in rows]
+    labels = [label for batch in batches for label in batch["labels"].tolist()]
     return predictions, labels

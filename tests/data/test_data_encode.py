@@ -1,5 +1,5 @@
-"""Encoding and batching: pairs and truncation as transformers encodes them, NER labels on the first
-sub-token of each word (transformers' word_ids), causal-LM labels, padding, length-grouped batches."""
+"""Encoding and padding: pairs and truncation as transformers encodes them, NER labels on the first sub-token of
+each word (transformers' word_ids), causal-LM labels, padding (length grouping: tests/train/test_batching.py)."""
 import pytest
 import torch
 
@@ -7,12 +7,10 @@ from minift.data import (
     IGNORE_INDEX,
     Collator,
     Example,
-    LengthGroupedBatchSampler,
     Task,
     collate,
     encode,
     encode_causal_lm,
-    length_grouped_batches,
     load_tokenizer,
     parse_label,
     special_ids,
@@ -121,24 +119,6 @@ def test_collate_pads_right_and_to_multiple():
     assert batch["attention_mask"].tolist() == [[1, 1, 1, 0], [1, 0, 0, 0]]
     with pytest.raises(ValueError, match="empty batch"):
         collate([], 0)
-
-
-def test_length_grouped_batches_cover_every_index_once_and_group_lengths():
-    lengths = [(i * 37) % 101 for i in range(1000)]
-    batches = length_grouped_batches(lengths, batch_size=16, seed=3)
-    flat = sorted(i for b in batches for i in b)
-    assert flat == list(range(1000))
-    assert batches == length_grouped_batches(lengths, batch_size=16, seed=3)
-    assert batches != length_grouped_batches(lengths, batch_size=16, seed=4)
-    padded = sum(16 * max(lengths[i] for i in b) for b in batches)
-    random_batches = [list(range(i, min(i + 16, 1000))) for i in range(0, 1000, 16)]
-    assert padded < 0.7 * sum(16 * max(lengths[i] for i in b) for b in random_batches)
-    sampler = LengthGroupedBatchSampler(lengths, 16, seed=3)
-    assert len(list(sampler)) == len(sampler) == 63
-    sampler.set_epoch(1)
-    assert list(sampler) == length_grouped_batches(lengths, 16, seed=4)
-    assert len(LengthGroupedBatchSampler(lengths, 16, drop_last=True)) == 62
-    assert all(len(b) == 16 for b in LengthGroupedBatchSampler(lengths, 16, drop_last=True))
 
 
 def test_ner_with_byte_level_bpe_matches_transformers_add_prefix_space(bpe_folder):
