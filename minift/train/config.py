@@ -1,38 +1,42 @@
-"""The training configuration: one typed dataclass, YAML files and command-line overrides.
+"""The training configuration: one typed dataclass that carries each fine-tuning method's own config whole.
 
-Precedence, lowest first: the dataclass defaults, the method's default learning rate, ``configs/<task>.yaml``
-(or ``--config FILE``), then command-line flags. Every field is a flag (``batch_size`` → ``--batch-size``).
-Unknown keys and values of the wrong type are errors that name the key (minGPT's ``merge_from_args``, but
-typed and without ``exec``).
+``TrainConfig`` holds the run's settings plus ``lora: LoRAConfig``, ``adapter: AdapterConfig`` and
+``prompt: PromptConfig`` from ``minift.peft.config`` — the only definitions of those options, checked there once.
+``config.method_spec`` is the run's ``minift.peft.config.Method`` (name, config, train_head): what the model is
+built with, what the OOM message estimates and what a run folder records.
 
-``--resume RUN_DIR`` starts instead from the run's saved ``config.json`` and applies only the flags given; flags
-that would change the model, the data order or the restored optimizer state are refused (``RESUME_FIXED``),
-``epochs`` / ``max_steps`` may be raised.
+As a dict (YAML files, a run's ``config.json``) the method configs are nested mappings (``lora: {r: 16}``); the
+flat keys of earlier releases (``lora_r``, ``adapter_size``, ``prompt_init``, ...) are read as aliases. Unknown keys
+and values of the wrong type are errors that name the key. The command line is in ``flags.py``.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import inspect
-import json
-import re
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import yaml
+from minift.data.example import KINDS
+from minift.peft.config import METHODS, AdapterConfig, LoRAConfig, Method, PromptConfig
+from minift.peft.flags import flag, unwrap
+from minift.precision import canonical
 
-METHODS = ("full", "lora", "adapter", "bitfit", "prompt")
-PRECISIONS = ("fp32", "fp16", "bf16", "bf16-pure")
 SCHEDULES = ("linear", "cosine", "constant")
 
 # Learning rates that train each method well on BERT-sized models (LoRA paper §5 / App. D uses 4e-4..5e-4
 # for RoBERTa-base; the prompt-tuning paper, arXiv:2104.08691 §3, uses 0.3 with Adafactor, AdamW needs less).
 DEFAULT_LR = {"full": 3e-5, "lora": 1e-3, "adapter": 1e-3, "bitfit": 3e-3, "prompt": 3e-2}
 
-
 # The file: task options and their defaults (named tasks fix their own columns and kind).
 FILE_TASK_OPTIONS = {"text_column": "text", "text_pair_column": None, "label_column": "label", "task_kind": None}
+FILE_TASK_KINDS = tuple(k for k in KINDS if k in ("classification", "regression"))  # what a file's labels can be
+
+# The TrainConfig fields that hold a method's config, and their types (BitFit has no options).
+METHOD_FIELDS = {"lora": LoRAConfig, "adapter": AdapterConfig, "prompt": PromptConfig}
+
+# Keys of earlier releases (flat copies of the method options) → where they live now.
+ALIASES = {"lora_r": "lora.r", "lora_alpha": "lora.alpha", "lora_dropout": "lora.dropout",
+           "lora_targets": "lora.targets", "adapter_size": "adapter.size", "adapter_placement": "adapter.placement",
+           "prompt_length": "prompt.length", "prompt_init": "prompt.init"}
 
 
 class TrainConfigError(ValueError):
@@ -81,28 +85,41 @@ class TrainConfig:
     val_fraction: float = 0.1  # held out of train (seeded) when the task has no validation split
     early_stopping: int = 0  # stop after this many evaluations without improvement (0 = never)
     log_every: int = 10  # log loss/lr/throughput every N optimizer steps (the only host syncs)
-    # --- PEFT options (used by the matching method only) ---
-    lora_r: int = 8  # LoRA rank
-    lora_alpha: float = 16.0  # LoRA scaling numerator (scale = alpha / r)
-    lora_dropout: float = 0.05  # dropout on the LoRA input
-    lora_targets: list[str] | None = None  # module names to adapt; None → the family default in minift.peft
-    adapter_size: int = 64  # bottleneck width of the adapters
-    adapter_placement: str = "houlsby"  # houlsby (after attention and feed-forward) | pfeiffer (feed-forward)
-    prompt_length: int = 20  # number of virtual tokens
-    prompt_init: str = "vocab"  # random | vocab | text:<words>
-    train_head: bool = True  # train the task head's weights (its biases always train under BitFit)
+    # --- the method's options (minift.peft.config; used by the matching method only) ---
+    lora: LoRAConfig = field(default_factory=LoRAConfig)  # --lora-r, --lora-alpha, --lora-dropout, --lora-targets
+    adapter: AdapterConfig = field(default_factory=AdapterConfig)  # --adapter-size, --adapter-placement, ...
+    prompt: PromptConfig = field(default_factory=PromptConfig)  # --prompt-length, --prompt-init, --prompt-text
+    train_head: bool | None = None  # train the task head's weights; None → yes for class/regression/token heads
     # --- output ---
     plot: bool = True  # write PNG curves when matplotlib is installed
     device: str = "auto"  # auto | cpu | cuda | cuda:N (under torchrun: cuda:LOCAL_RANK)
 
     def __post_init__(self):
         _check_types(self)
+        for name, cls in METHOD_FIELDS.items():
+            setattr(self, name, _method_config(name, cls, getattr(self, name)))
         _check_choice("method", self.method, METHODS)
-        _check_choice("precision", self.precision, PRECISIONS)
         _check_choice("schedule", self.schedule, SCHEDULES)
-        _check_choice("adapter_placement", self.adapter_placement, ("houlsby", "pfeiffer"))
-        for name in ("epochs", "batch_size", "grad_accum", "eval_batch_size", "max_length", "log_every",
-                     "lora_r", "adapter_size", "prompt_length"):
+        try:
+            self.precision = canonical(self.precision)  # mixed-bf16 / mixed-fp16: aliases of bf16 / fp16
+        except ValueError as err:
+            raise TrainConfigError(str(err)) from None
+        self._check_ranges()
+        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
+            raise TrainConfigError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        if self.task_kind is not None:
+            _check_choice("task_kind", self.task_kind, FILE_TASK_KINDS)
+        if not self.task.startswith("file:"):
+            custom = [name for name, default in FILE_TASK_OPTIONS.items() if getattr(self, name) != default]
+            if custom:
+                raise TrainConfigError(f"{', '.join(flag(n) for n in custom)}: only for file: tasks (--task "
+                                       f"file:PATH); task {self.task!r} has its own columns and kind")
+        if self.seeds is not None and self.resume is not None:
+            raise TrainConfigError("--seeds and --resume together: resume one seed's run folder "
+                                   "(<output_dir>/seed-N) on its own")
+
+    def _check_ranges(self) -> None:
+        for name in ("epochs", "batch_size", "grad_accum", "eval_batch_size", "max_length", "log_every"):
             if getattr(self, name) < 1:
                 raise TrainConfigError(f"{name} must be ≥ 1, got {getattr(self, name)}")
         for name in ("max_steps", "eval_every", "early_stopping", "weight_decay", "clip", "warmup"):
@@ -118,30 +135,15 @@ class TrainConfig:
             raise TrainConfigError(f"eps must be in (0, 1), got {self.eps}")
         if not 0 <= self.val_fraction < 1:
             raise TrainConfigError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
-        if not 0 <= self.lora_dropout < 1:
-            raise TrainConfigError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
-        if self.lora_alpha <= 0:
-            raise TrainConfigError(f"lora_alpha must be > 0, got {self.lora_alpha}")
         if self.seeds is not None and len(self.seeds) == 0:
             raise TrainConfigError("seeds is empty: give e.g. --seeds 42,20,13,5,2 or leave it out")
-        if self.lora_targets is not None and not self.lora_targets:
-            raise TrainConfigError("lora_targets is empty: give module names, e.g. --lora-targets query,value")
-        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
-            raise TrainConfigError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
-        if not (self.prompt_init in ("random", "vocab")
-                or (self.prompt_init.startswith("text:") and self.prompt_init[len("text:"):].strip())):
-            raise TrainConfigError(f"prompt_init must be random, vocab or text:<words> (e.g. 'text:classify the "
-                                   f"topic'), got {self.prompt_init!r}")
-        if self.task_kind is not None:
-            _check_choice("task_kind", self.task_kind, ("classification", "regression"))
-        if not self.task.startswith("file:"):
-            custom = [name for name, default in FILE_TASK_OPTIONS.items() if getattr(self, name) != default]
-            if custom:
-                raise TrainConfigError(f"{', '.join(_flag(n) for n in custom)}: only for file: tasks (--task "
-                                       f"file:PATH); task {self.task!r} has its own columns and kind")
-        if self.seeds is not None and self.resume is not None:
-            raise TrainConfigError("--seeds and --resume together: resume one seed's run folder "
-                                   "(<output_dir>/seed-N) on its own")
+
+    @property
+    def method_spec(self) -> Method:
+        """The run's fine-tuning method: its name, its config (this config's ``lora`` / ``adapter`` / ``prompt``)
+        and ``train_head``."""
+        return Method(self.method, getattr(self, self.method) if self.method in METHOD_FIELDS else None,
+                      self.train_head)
 
     @property
     def learning_rate(self) -> float:
@@ -149,14 +151,10 @@ class TrainConfig:
         return self.lr if self.lr is not None else DEFAULT_LR[self.method]
 
     def to_dict(self) -> dict:
-        """A plain dict (JSON/YAML-safe) of every field, with the resolved learning rate."""
+        """A plain dict (JSON/YAML-safe) of every field, method configs nested, with the resolved learning rate."""
         out = dataclasses.asdict(self)
         out["lr"] = self.learning_rate
         return out
-
-
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
 
 
 def _check_choice(name: str, value: str, choices: tuple) -> None:
@@ -164,23 +162,30 @@ def _check_choice(name: str, value: str, choices: tuple) -> None:
         raise TrainConfigError(f"{name}={value!r} is not one of: {', '.join(choices)}")
 
 
-_BASE_TYPES = {"int": int, "float": float, "str": str, "bool": bool}
+def _method_config(name: str, cls: type, value: Any):
+    """``value`` as the method config ``cls``: an instance stays, a mapping is checked by the config itself."""
+    if isinstance(value, cls):
+        return value
+    if not isinstance(value, dict):
+        raise TrainConfigError(f"{name} must be a mapping of {cls.__name__} options, got {value!r}")
+    unknown = sorted(set(value) - set(option_names(cls)))
+    if unknown:
+        raise TrainConfigError(f"unknown {name} option(s) {unknown}; its options are {option_names(cls)}")
+    try:
+        return cls(**value)
+    except (TypeError, ValueError) as err:  # the method's own check, said once, in minift.peft.config
+        raise TrainConfigError(f"{name} options: {err}") from None
 
 
-def _field_types() -> dict:
-    return {f.name: f.type for f in dataclasses.fields(TrainConfig)}
+def option_names(cls: type) -> list:
+    return [f.name for f in dataclasses.fields(cls)]
 
 
-def _unwrap(annotation: str) -> tuple:
-    """(base type, is_optional, is_list) of a field's annotation string (``from __future__ import
-    annotations`` keeps them as text; parsing it ourselves works on Python 3.9, where ``int | None`` does not
-    evaluate)."""
-    optional = annotation.endswith(" | None")
-    annotation = annotation.removesuffix(" | None")
-    is_list = annotation.startswith("list[")
-    if is_list:
-        annotation = annotation[len("list["):-1]
-    return _BASE_TYPES[annotation], optional, is_list
+# --- the types of plain fields -------------------------------------------------------------------------------------
+
+def plain_fields() -> dict:
+    """Name → annotation of every TrainConfig field that is not a method config."""
+    return {f.name: f.type for f in dataclasses.fields(TrainConfig) if f.name not in METHOD_FIELDS}
 
 
 def _is_type(value, base) -> bool:
@@ -192,9 +197,9 @@ def _is_type(value, base) -> bool:
 
 
 def _check_types(config: TrainConfig) -> None:
-    for name, annotation in _field_types().items():
+    for name, annotation in plain_fields().items():
         value = getattr(config, name)
-        base, optional, is_list = _unwrap(annotation)
+        base, optional, is_list = unwrap(annotation)
         if value is None:
             if optional:
                 continue
@@ -211,188 +216,51 @@ def _check_types(config: TrainConfig) -> None:
             setattr(config, name, list(value))
 
 
+# --- dicts: YAML files and saved config.json -----------------------------------------------------------------------
+
 def field_names() -> list:
     return [f.name for f in dataclasses.fields(TrainConfig)]
 
 
-def load_yaml(path) -> dict:
-    """Read a YAML config file into a dict of known keys; unknown keys are an error naming the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise TrainConfigError(f"config file {path} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as err:
-        raise TrainConfigError(f"{path} is not valid YAML: {err}") from None
-    if not isinstance(data, dict):
-        raise TrainConfigError(f"{path} must hold a mapping of config keys, got {type(data).__name__}")
-    unknown = sorted(set(data) - set(field_names()))
-    if unknown:
-        raise TrainConfigError(f"{path}: unknown config key(s) {unknown}; known keys: {', '.join(field_names())}")
-    return data
-
-
-def task_yaml(task: str) -> Path | None:
-    """``configs/<task>.yaml`` of a source checkout (beside the package) or of the working directory."""
-    if task.startswith("file:"):
-        return None
-    from minift.data.tasks import ALIASES  # agnews_sup → agnews
-
-    name = ALIASES.get(task, task)
-    for root in (Path(__file__).resolve().parents[2], Path.cwd()):
-        candidate = root / "configs" / f"{name}.yaml"
-        if candidate.is_file():
-            return candidate
-    return None
-
-
-def _parse_bool(text: str) -> bool:
-    lowered = text.lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
-
-
-def _parser_for(base, is_list: bool, optional: bool):
-    def parse(text: str):
-        if optional and text.lower() in ("none", "null"):
-            return None
-        caster = _parse_bool if base is bool else base
-        try:
-            if is_list:
-                return [caster(part.strip()) for part in text.split(",") if part.strip()]
-            return caster(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {base.__name__}{' list' if is_list else ''}, got {text!r}")
-
-    parse.__name__ = base.__name__
-    return parse
-
-
-def _field_comments() -> dict:
-    """Each field's trailing comment in the class source: the one place a field is documented, reused as --help."""
-    try:
-        source = inspect.getsource(TrainConfig)
-    except (OSError, TypeError):  # no source shipped: help shows defaults only
-        return {}
-    return dict(re.findall(r"^    (\w+): [^#\n]*#\s*(.+)$", source, flags=re.MULTILINE))
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """The ``python -m minift.train`` argument parser: ``--config`` plus one flag per TrainConfig field."""
-    parser = argparse.ArgumentParser(
-        prog="python -m minift.train",
-        description="Fine-tune a model on a task with full fine-tuning or a PEFT method.",
-        allow_abbrev=False,
-    )
-    parser.add_argument("--config", help="a YAML file of config keys (default: configs/<task>.yaml if present)")
-    hints = _field_types()
-    comments = _field_comments()
-    defaults = TrainConfig()
-    for f in dataclasses.fields(TrainConfig):
-        base, optional, is_list = _unwrap(hints[f.name])
-        flag = _flag(f.name)
-        default = getattr(defaults, f.name)
-        shown = f"per method, {DEFAULT_LR}" if f.name == "lr" else default
-        help_text = f"{comments.get(f.name, '')} (default: {shown})".replace("%", "%%")
-        if f.name == "precision":
-            parser.add_argument(flag, dest=f.name, default=argparse.SUPPRESS, choices=PRECISIONS, help=help_text)
-        elif f.name == "method":
-            parser.add_argument(flag, dest=f.name, default=argparse.SUPPRESS, choices=METHODS, help=help_text)
-        elif f.name == "schedule":
-            parser.add_argument(flag, dest=f.name, default=argparse.SUPPRESS, choices=SCHEDULES, help=help_text)
+def nest(values: dict, source: str) -> dict:
+    """``values`` with earlier flat keys (``lora_r``) and dotted keys (``lora.r``) moved into the nested method
+    configs; unknown keys are an error naming ``source``."""
+    out: dict = {}
+    for key, value in values.items():
+        key = ALIASES.get(key, key)
+        section, dot, option = key.partition(".")
+        if dot and section in METHOD_FIELDS:
+            out.setdefault(section, {})[option] = value
+        elif key in METHOD_FIELDS and isinstance(value, dict):
+            out.setdefault(key, {}).update(value)
+        elif key in field_names():
+            out[key] = value
         else:
-            parser.add_argument(flag, dest=f.name, default=argparse.SUPPRESS,
-                                type=_parser_for(base, is_list, optional), help=help_text)
-    return parser
+            raise TrainConfigError(f"{source}: unknown config key {key!r}; known keys: {', '.join(field_names())} "
+                                   f"(method options nested, e.g. lora: {{r: 16}})")
+    if out.get("train_head") is True and any(key in values for key in ALIASES):
+        # Earlier releases wrote train_head: true by default, also for a causal-LM head (which never trained).
+        out["train_head"] = None
+    return out
 
 
-def resolve_config(argv: list | None = None) -> TrainConfig:
-    """Parse command-line flags, merge them over the YAML config and the defaults, and validate.
-
-    Args:
-        argv: the flags (without the program name); None → ``sys.argv[1:]``.
-    Returns:
-        The validated ``TrainConfig``. Raises ``SystemExit`` (argparse) on unknown flags or unparsable
-        values and ``TrainConfigError`` on invalid combinations.
-    """
-    args = vars(build_parser().parse_args(argv))
-    config_file = args.pop("config", None)
-    if args.get("resume"):  # the run's own saved config, then what this command line says
-        return resume_config(args["resume"], {**(load_yaml(config_file) if config_file else {}), **args})
-    task = args.get("task", TrainConfig.task)
-    yaml_path = Path(config_file) if config_file else task_yaml(task)
-    values: dict[str, Any] = load_yaml(yaml_path) if yaml_path is not None else {}
-    values.update(args)
-    return TrainConfig(**values)
+def merge(base: dict, overrides: dict) -> dict:
+    """``overrides`` on top of ``base`` (both nested as :func:`nest` returns them); method configs merge by key."""
+    out = {**base}
+    for key, value in overrides.items():
+        if key in METHOD_FIELDS and isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = {**out[key], **value}
+        else:
+            out[key] = value
+    return out
 
 
-# --- resuming a run ------------------------------------------------------------------------------------------------
-
-# What a resumed run must keep from its saved config: these fix the model and its trainable parameters, the data
-# and its order (with the number of processes, checked against the checkpoint), or state the checkpoint restores
-# (the optimizer's hyper-parameters and the schedule), so a different value would be ignored or break the resume.
-RESUME_FIXED = ("task", "method", "model", "data_dir", "text_column", "text_pair_column", "label_column",
-                "task_kind", "seed", "batch_size", "grad_accum", "max_length", "group_by_length", "val_fraction",
-                "lr", "weight_decay", "betas", "eps", "schedule", "warmup", "precision", "lora_r", "lora_alpha",
-                "lora_dropout", "lora_targets", "adapter_size", "adapter_placement", "prompt_length", "prompt_init",
-                "train_head")
-# Limits a resumed run may raise (to train on), never lower below what the run was started with.
-RESUME_RAISABLE = ("epochs", "max_steps")
-
-
-def run_folder(resume: str) -> Path:
-    """The run folder of a ``--resume`` path (the folder itself, its checkpoints/ or a checkpoints/step-N)."""
-    path = Path(resume)
-    if path.name.startswith("step-"):
-        return path.parent.parent
-    return path.parent if path.name == "checkpoints" else path
-
-
-def saved_config(resume: str) -> dict:
-    """The resolved config a run folder was started with (its ``config.json``), as a dict of known keys."""
-    path = run_folder(resume) / "config.json"
-    if not path.is_file():
-        raise TrainConfigError(f"--resume {resume}: {path} is missing; pass the folder of a minift run (it holds "
-                               "config.json and checkpoints/)")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as err:
-        raise TrainConfigError(f"--resume {resume}: {path} is not valid JSON ({err})") from None
-    unknown = sorted(set(data) - set(field_names()))
-    if unknown:
-        raise TrainConfigError(f"--resume {resume}: {path} has unknown key(s) {unknown}")
-    return data
-
-
-def resume_config(resume: str, overrides: dict) -> TrainConfig:
-    """The config of a resumed run: its saved ``config.json`` with ``overrides`` (the flags given) on top.
-
-    ``python -m minift.train --resume RUN_DIR`` alone continues the run as it was configured; flags that would
-    change the model, the data order or the restored optimizer state are refused (see ``RESUME_FIXED``).
-    """
-    values = {**saved_config(resume), "resume": resume, "output_dir": str(run_folder(resume)), **overrides}
-    config = TrainConfig(**values)
-    check_resumable(saved_config(resume), config)
-    return config
-
-
-def _same(name: str, saved, current) -> bool:
-    if name in ("model", "data_dir") and saved is not None and current is not None:  # one folder, two spellings
-        return Path(saved).expanduser().resolve() == Path(current).expanduser().resolve()
-    return saved == current
-
-
-def check_resumable(saved: dict, config: TrainConfig) -> None:
-    """Refuse to resume a run whose saved config ``saved`` differs from ``config`` where it must not."""
-    current = config.to_dict()
-    changed = [f"{_flag(name)} {saved[name]!r} → {current[name]!r}" for name in RESUME_FIXED
-               if name in saved and not _same(name, saved[name], current[name])]
-    limit = {"epochs": lambda v: v, "max_steps": lambda v: v or float("inf")}  # max_steps 0 = no limit
-    changed += [f"{_flag(name)} {saved[name]!r} → {current[name]!r} (may only be raised)" for name in RESUME_RAISABLE
-                if name in saved and limit[name](current[name]) < limit[name](saved[name])]
-    if changed:
-        raise TrainConfigError(f"--resume {config.resume}: the run was started with other settings ({'; '.join(changed)})"
-                               ". Leave these flags out to continue it as it was, or start a new run")
+def flat(values: dict) -> dict:
+    """A nested config dict with dotted keys for the method options (``{"lora.r": 8, ...}``)."""
+    out = {}
+    for key, value in values.items():
+        if key in METHOD_FIELDS and isinstance(value, dict):
+            out.update({f"{key}.{option}": v for option, v in value.items()})
+        else:
+            out[key] = value
+    return out

@@ -21,22 +21,17 @@ def static_memory(model: nn.Module) -> dict:
     return {"weights": weights, "gradients": grads, "optimizer": states}
 
 
-PRECISION_TO_MEMORY = {"fp32": "fp32", "fp16": "mixed-fp16", "bf16": "mixed-bf16", "bf16-pure": "bf16"}
-
-
 def estimator_lines(model: nn.Module, config, device: torch.device) -> list:
-    """The full estimate of ``minift.memory`` (activations included) and the largest batch that fits, when the
-    estimator can describe this model; otherwise nothing (the basic arithmetic above still stands)."""
+    """The full estimate of ``minift.memory`` (activations included) and the largest batch that fits, for the run's
+    own ``Method`` and settings; nothing when the estimator cannot describe this model (the basic arithmetic
+    above still stands)."""
     try:
         from minift.memory.estimate import Setup, estimate, largest_batch
-        from minift.memory.params import Method
 
-        method = Method(name=config.method, lora_r=config.lora_r, adapter_size=config.adapter_size,
-                        adapter_placement=config.adapter_placement, prompt_length=config.prompt_length,
-                        lora_targets=tuple(config.lora_targets) if config.lora_targets else None)
-        setup = Setup(batch_size=config.batch_size, seq_len=config.max_length,
-                      precision=PRECISION_TO_MEMORY[config.precision], grad_checkpointing=config.gradient_checkpointing,
-                      head=model.head_kind, padded=True, device=device.type)
+        setup = Setup(batch_size=config.batch_size, max_length=config.max_length, precision=config.precision,
+                      gradient_checkpointing=config.gradient_checkpointing, head=model.head_kind, padded=True,
+                      device=device.type, grad_accum=config.grad_accum)
+        method = getattr(model, "peft_spec", None) or config.method_spec  # as built: a prompt's token ids filled in
         result = estimate(model.config, method, setup)
         lines = [(f"  minift.memory estimate: peak {result.peak / GIB:.2f} GiB ({result.peak_phase}), activations "
                  f"{result.activations.total / GIB:.2f} GiB at batch {config.batch_size} × {config.max_length} tokens")]
@@ -49,17 +44,22 @@ def estimator_lines(model: nn.Module, config, device: torch.device) -> list:
 
 
 def out_of_memory_message(model: nn.Module, config, device: torch.device) -> str:
-    """A readable explanation of a CUDA OOM with the memory arithmetic and the options that reduce it."""
+    """A readable explanation of a CUDA OOM with the memory arithmetic and the options that reduce it.
+
+    Args:
+        model: the unwrapped model being trained (its PEFT ``Method`` in ``model.peft_spec``).
+        config: the run's ``TrainConfig`` (its ``method_spec``, batch size, length, precision, ...).
+    """
     parts = static_memory(model)
-    lines = [(f"CUDA ran out of memory on {device} while training ({config.method}, batch {config.batch_size}, "
-             f"max length {config.max_length}, precision {config.precision}).")]
+    lines = [(f"CUDA ran out of memory on {device} while training ({config.method_spec.label()}, batch "
+              f"{config.batch_size}, max length {config.max_length}, precision {config.precision}).")]
     lines.append("  estimate before activations: " + ", ".join(f"{k} {v / GIB:.2f} GiB" for k, v in parts.items())
                  + f" = {sum(parts.values()) / GIB:.2f} GiB; activations grow with batch × length")
     lines += estimator_lines(model, config, device)
     if device.type == "cuda":
         total = torch.cuda.get_device_properties(device).total_memory
-        lines.append(f"  device: {total / GIB:.1f} GiB, peak allocated {torch.cuda.max_memory_allocated(device) / GIB:.2f}"
-                     " GiB")
+        peak = torch.cuda.max_memory_allocated(device)
+        lines.append(f"  device: {total / GIB:.1f} GiB, peak allocated {peak / GIB:.2f} GiB")
     lines.append("  try: a smaller --batch-size with a larger --grad-accum (same global batch), --max-length, "
                  "--gradient-checkpointing true, --precision bf16, or a PEFT --method (lora) instead of full; "
                  "`python -m minift.memory --model PATH` estimates every option")

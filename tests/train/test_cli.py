@@ -17,7 +17,7 @@ from trainkit import tiny_cli_assets
 from minift.train.__main__ import main
 from minift.train.build import build_task
 from minift.train.checkpoint import find_checkpoint
-from minift.train.config import resolve_config
+from minift.train.flags import resolve_config
 
 REPO = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
@@ -172,8 +172,10 @@ def test_file_task_columns_and_kind(tmp_path):
 
 @pytest.mark.parametrize("extra, message", [
     (["--method", "lora", "--lora-targets", "foo"], "'foo' matches no module"),
-    (["--method", "prompt", "--prompt-init", "foo"], "prompt_init must be random, vocab or text:"),
-    (["--method", "prompt", "--prompt-init", "text:"], "prompt_init must be random, vocab or text:")])
+    (["--method", "prompt", "--prompt-init", "foo"], "unknown prompt init 'foo'"),
+    (["--method", "prompt", "--prompt-init", "text"], "needs the text (--prompt-text"),
+    (["--method", "adapter", "--adapter-size", "0"], "adapter size must be a positive integer"),
+    (["--method", "lora", "--precision", "bf16-pure", "--lora-dropout", "1.5"], "LoRA dropout")])
 def test_bad_peft_options_are_one_line_errors(tmp_path, capsys, extra, message):
     model, task = tiny_cli_assets(tmp_path)
     assert main(common(model, task, tmp_path / "run", *extra)) == 2

@@ -1,0 +1,197 @@
+"""``python -m minift.train`` flags, YAML files and ``--resume``: from a command line to a ``TrainConfig``.
+
+Precedence, lowest first: the dataclass defaults, the method's default learning rate, ``configs/<task>.yaml``
+(or ``--config FILE``), then command-line flags. Every plain field is a flag (``batch_size`` → ``--batch-size``);
+every option of a method config is a flag prefixed with the method's name, generated from the dataclass in
+``minift.peft.config`` with its comment as help (``LoRAConfig.r`` → ``--lora-r``), so a new option is added there
+only. Unknown keys and values of the wrong type are errors that name the key (minGPT's ``merge_from_args``, but
+typed and without ``exec``).
+
+``--resume RUN_DIR`` starts instead from the run's saved ``config.json`` and applies only the flags given; flags
+that would change the model, the data order or the restored optimizer state are refused (``RESUME_FIXED``),
+``epochs`` / ``max_steps`` may be raised.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import yaml
+
+from minift.peft.config import METHODS
+from minift.peft.flags import BOOL_FLAG, add_method_flags, field_comments, flag, unwrap, value_parser
+from minift.precision import ALIASES as PRECISION_ALIASES
+from minift.precision import PRECISIONS
+from minift.train.config import (
+    DEFAULT_LR,
+    METHOD_FIELDS,
+    SCHEDULES,
+    TrainConfig,
+    TrainConfigError,
+    flat,
+    merge,
+    nest,
+    plain_fields,
+)
+
+CHOICES = {"method": METHODS, "schedule": SCHEDULES, "precision": (*PRECISIONS, *PRECISION_ALIASES)}
+
+
+def load_yaml(path) -> dict:
+    """Read a YAML config file into a nested dict of known keys; unknown keys are an error naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise TrainConfigError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as err:
+        raise TrainConfigError(f"{path} is not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise TrainConfigError(f"{path} must hold a mapping of config keys, got {type(data).__name__}")
+    return nest(data, str(path))
+
+
+def task_yaml(task: str) -> Path | None:
+    """``configs/<task>.yaml`` of a source checkout (beside the package) or of the working directory."""
+    if task.startswith("file:"):
+        return None
+    from minift.data.tasks import ALIASES  # agnews_sup → agnews
+
+    name = ALIASES.get(task, task)
+    for root in (Path(__file__).resolve().parents[2], Path.cwd()):
+        candidate = root / "configs" / f"{name}.yaml"
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+# --- the parser ----------------------------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``python -m minift.train`` argument parser: ``--config``, one flag per plain config field, and the
+    method options' flags of ``minift.peft.flags`` (``--lora-r``, ``--adapter-size``, ``--prompt-text``, ...)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m minift.train",
+        description="Fine-tune a model on a task with full fine-tuning or a PEFT method.",
+        epilog=f"--precision also reads the earlier spellings {', '.join(PRECISION_ALIASES)} (aliases of "
+               f"{', '.join(PRECISION_ALIASES.values())}) for one release. YAML files and run folders from earlier "
+               "releases may use the flat keys lora_r, adapter_size, prompt_init, ...",
+        allow_abbrev=False,
+    )
+    parser.add_argument("--config", help="a YAML file of config keys (default: configs/<task>.yaml if present)")
+    defaults, comments = TrainConfig(), field_comments(TrainConfig)
+    for name, annotation in plain_fields().items():
+        shown = f"per method, {DEFAULT_LR}" if name == "lr" else getattr(defaults, name)
+        help_text = f"{comments.get(name, '')} (default: {shown})".replace("%", "%%")
+        if name in CHOICES:
+            extra = {"choices": CHOICES[name]}
+        elif unwrap(annotation)[0] is bool:  # ``--gradient-checkpointing`` alone is true; ``--plot false`` works
+            extra = BOOL_FLAG
+        else:
+            extra = {"type": value_parser(annotation)}
+        parser.add_argument(flag(name), dest=name, default=argparse.SUPPRESS, help=help_text, **extra)
+    add_method_flags(parser.add_argument_group("method options (each used by its method only)"))
+    return parser
+
+
+def resolve_config(argv: list | None = None) -> TrainConfig:
+    """Parse command-line flags, merge them over the YAML config and the defaults, and validate.
+
+    Args:
+        argv: the flags (without the program name); None → ``sys.argv[1:]``.
+    Returns:
+        The validated ``TrainConfig``. Raises ``SystemExit`` (argparse) on unknown flags or unparsable
+        values and ``TrainConfigError`` on invalid combinations.
+    """
+    args = vars(build_parser().parse_args(argv))
+    config_file = args.pop("config", None)
+    given = nest(args, "command line")
+    if given.get("resume"):  # the run's own saved config, then what this command line says
+        return resume_config(given["resume"], merge(load_yaml(config_file) if config_file else {}, given))
+    task = given.get("task", TrainConfig.task)
+    yaml_path = Path(config_file) if config_file else task_yaml(task)
+    values = load_yaml(yaml_path) if yaml_path is not None else {}
+    return TrainConfig(**merge(values, given))
+
+
+# --- resuming a run ------------------------------------------------------------------------------------------------
+
+# What a resumed run must keep from its saved config: these fix the model and its trainable parameters, the data
+# and its order (with the number of processes, checked against the checkpoint), or state the checkpoint restores
+# (the optimizer's hyper-parameters and the schedule), so a different value would be ignored or break the resume.
+# Of the method configs (lora, adapter, prompt) only the run's own method's is compared.
+RESUME_FIXED = ("task", "method", "model", "data_dir", "text_column", "text_pair_column", "label_column",
+                "task_kind", "seed", "batch_size", "grad_accum", "max_length", "group_by_length", "val_fraction",
+                "lr", "weight_decay", "betas", "eps", "schedule", "warmup", "precision", *METHOD_FIELDS,
+                "train_head")
+# Limits a resumed run may raise (to train on), never lower below what the run was started with.
+RESUME_RAISABLE = ("epochs", "max_steps")
+
+
+def run_folder(resume: str) -> Path:
+    """The run folder of a ``--resume`` path (the folder itself, its checkpoints/ or a checkpoints/step-N)."""
+    path = Path(resume)
+    if path.name.startswith("step-"):
+        return path.parent.parent
+    return path.parent if path.name == "checkpoints" else path
+
+
+def saved_config(resume: str) -> dict:
+    """The resolved config a run folder was started with (its ``config.json``), nested, earlier keys translated."""
+    path = run_folder(resume) / "config.json"
+    if not path.is_file():
+        raise TrainConfigError(f"--resume {resume}: {path} is missing; pass the folder of a minift run (it holds "
+                               "config.json and checkpoints/)")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as err:
+        raise TrainConfigError(f"--resume {resume}: {path} is not valid JSON ({err})") from None
+    return nest(data, f"--resume {resume}: {path}")
+
+
+def resume_config(resume: str, overrides: dict) -> TrainConfig:
+    """The config of a resumed run: its saved ``config.json`` with ``overrides`` (the flags given, nested) on top.
+
+    ``python -m minift.train --resume RUN_DIR`` alone continues the run as it was configured; flags that would
+    change the model, the data order or the restored optimizer state are refused (see ``RESUME_FIXED``).
+    """
+    saved = saved_config(resume)
+    config = TrainConfig(**merge({**saved, "resume": resume, "output_dir": str(run_folder(resume))}, overrides))
+    check_resumable(saved, config)
+    return config
+
+
+def _same(name: str, saved, current) -> bool:
+    if name in ("model", "data_dir") and saved is not None and current is not None:  # one folder, two spellings
+        return Path(saved).expanduser().resolve() == Path(current).expanduser().resolve()
+    return saved == current
+
+
+def _fixed(key: str, method: str) -> bool:
+    section = key.partition(".")[0]
+    return section in RESUME_FIXED and (section not in METHOD_FIELDS or section == method)
+
+
+def check_resumable(saved: dict, config: TrainConfig) -> None:
+    """Refuse to resume a run whose saved config ``saved`` (nested) differs from ``config`` where it must not."""
+    # Through TrainConfig, so that a saved dict and the config compare with the same defaults and normalisation.
+    before = flat(TrainConfig(**{**saved, "resume": None, "seeds": None}).to_dict())
+    current = flat(config.to_dict())
+    changed = [f"{flag(key)} {before[key]!r} → {current[key]!r}" for key in before
+               if _fixed(key, config.method) and not _same(key, before[key], current[key])]
+    limit = {"epochs": lambda v: v, "max_steps": lambda v: v or float("inf")}  # max_steps 0 = no limit
+    changed += [f"{flag(name)} {before[name]!r} → {current[name]!r} (may only be raised)" for name in RESUME_RAISABLE
+                if limit[name](current[name]) < limit[name](before[name])]
+    if changed:
+        raise TrainConfigError(f"--resume {config.resume}: the run was started with other settings "
+                               f"({'; '.join(changed)}). Leave these flags out to continue it as it was, or start a "
+                               "new run")
+
+
+def same_run_config(saved: dict, config: TrainConfig) -> bool:
+    """True when a resumed run's config is its saved one (where it was resumed from is not part of it)."""
+    ignored = ("resume", "output_dir", "seeds")
+    before = TrainConfig(**{**saved, "resume": None, "seeds": None}).to_dict()
+    return {k: v for k, v in before.items() if k not in ignored} == {k: v for k, v in config.to_dict().items()
+                                                                      if k not in ignored}
