@@ -1,4 +1,5 @@
-"""AdamW with structural weight-decay groups, and learning-rate schedules with warmup.
+"""AdamW with structural weight-decay groups, and learning-rate schedules with warmup (below ``minift.train`` and
+``minift.memory``: the memory profiler steps the same optimizer).
 
 Weight decay is not applied to biases and normalisation weights (BERT, arXiv:1810.04805, and every recipe
 since). They are found by structure — a 1-D parameter, or any parameter of a LayerNorm / RMSNorm-like

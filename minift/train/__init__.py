@@ -2,19 +2,25 @@
 
 The pieces, one concern per module (importing this package imports none of them):
 
-- ``config``: ``TrainConfig`` (typed, validated), ``resolve_config(argv)`` = defaults < configs/<task>.yaml <
-  command-line flags; unknown keys and wrong types are errors.
-- ``optim``: ``build_optimizer`` (AdamW, no decay on biases / norm weights, by structure) and ``build_scheduler``
-  (linear / cosine / constant with warmup in steps or as a ratio; equal to transformers' schedules).
-- ``batching``: ``BatchPlan`` — seeded, length-grouped micro-batches per epoch, sharded across torchrun processes.
-- ``losses``: summed losses and target counts (token-weighted accumulation).
-- ``loop``: ``fit(...)`` — the one training loop (autocast, GradScaler for fp16, accumulation equal to one big
-  batch, clipping, evaluation, best checkpoint, early stopping, NaN stop, Ctrl-C checkpoint, DDP);
-  ``backward_window`` is its accumulation step.
-- ``checkpoint``: pickle-free atomic checkpoints (``save_checkpoint`` / ``load_checkpoint``) for exact resume.
-- ``evaluate``: ``predict`` (classification, regression, tokens) and ``generate_labels`` (causal-LM).
-- ``build`` / ``run``: ``train_one(config)`` wires minift.models, minift.peft and minift.data into one run folder.
+- ``config``: ``TrainConfig`` (typed, validated), carrying each method's own config from ``minift.peft.config``
+  (``lora``, ``adapter``, ``prompt``); ``config.method_spec`` is the run's ``Method``.
+- ``flags``: ``resolve_config(argv)`` = defaults < configs/<task>.yaml < command-line flags (the method options'
+  flags generated from the peft dataclasses); ``--resume`` with the run's saved config.
+- ``build``: the device, the task, the model with its method, the tokenizer and the encoded splits of a config.
+- ``batching``: ``BatchPlan`` — seeded, length-grouped micro-batches per epoch, sharded across torchrun
+  processes; ``eval_batches``.
+- ``step``: one optimizer step — ``backward_window`` (autocast, token-weighted accumulation equal to one big
+  batch, one DDP all-reduce) and ``optimizer_step`` (GradScaler for fp16, clipping, schedule).
+- ``recipe``: ``Recipe`` — ``setup()`` / ``train()`` / ``finish()``: the one training loop, read top to bottom
+  (evaluation, best weights, early stopping, NaN stop, Ctrl-C checkpoint); ``train_one(config)``.
+- ``evaluate``: a model's metrics on a split — ``predict`` (classification, regression, tokens) and
+  ``generate_labels`` (causal-LM, by greedy generation).
+- ``checkpoint``: pickle-free atomic checkpoints for exact resume, and the best weights in their final format.
+- ``runfolder``: the run folder's layout and files; ``distributed``: the torchrun collectives;
+  ``interrupt``: Ctrl-C as a stop request.
 - ``experiment``: ``run_seeds(config)`` — one run per seed, mean ± std tables (markdown + CSV).
-- ``progress``, ``plots``, ``oom``: the rich display, PNG curves (``python -m minift.train.plots``) and the
-  out-of-memory message.
+- ``progress``, ``oom``: the rich display and the out-of-memory message. Curves are drawn by ``minift.plots``
+  (``python -m minift.plots RUN_DIR``).
+
+Below this package: ``minift.optim`` (AdamW groups, schedules) and ``minift.losses`` (summed losses).
 """

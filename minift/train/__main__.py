@@ -1,6 +1,6 @@
 """``python -m minift.train --task TASK --method {full,lora,adapter,bitfit,prompt} [options]``.
 
-A thin command over :func:`minift.train.run.train_one` and :func:`minift.train.experiment.run_seeds`; run
+A thin command over :func:`minift.train.recipe.train_one` and :func:`minift.train.experiment.run_seeds`; run
 ``python -m minift.train --help`` for every option. Under ``torchrun --nproc_per_node N`` the same command
 trains with DistributedDataParallel.
 """
@@ -15,11 +15,13 @@ from rich.console import Console
 def main(argv: list | None = None) -> int:
     from minift.data.errors import DataError
     from minift.models.errors import ModelLoadError
+    from minift.train import distributed
     from minift.train.build import TrainSetupError
     from minift.train.checkpoint import CheckpointLoadError
-    from minift.train.config import TrainConfigError, resolve_config
+    from minift.train.config import TrainConfigError
+    from minift.train.flags import resolve_config
     from minift.train.progress import RunProgress, summary_table
-    from minift.train.run import TrainingStopped, train_one
+    from minift.train.recipe import TrainingStopped, train_one
 
     is_main = int(os.environ.get("RANK", "0")) == 0
     console = Console(stderr=True, quiet=not is_main)
@@ -44,10 +46,7 @@ def main(argv: list | None = None) -> int:
         console.print(f"[red]out of memory:[/red] {err}", markup=True, highlight=False)
         return 1
     finally:
-        import torch.distributed as dist
-
-        if dist.is_available() and dist.is_initialized():
-            dist.destroy_process_group()
+        distributed.destroy()
     return 0
 
 

@@ -1,8 +1,9 @@
-"""Atomic, pickle-free training checkpoints.
+"""Atomic, pickle-free training checkpoints, and the run's best weights.
 
 A checkpoint is a folder ``<run>/checkpoints/step-<N>/`` holding
 
-- ``trainable.safetensors`` — the parameters that train (the frozen base is reloaded from the model path),
+- ``trainable.safetensors`` — the parameters that train (``minift.peft.io.trainable_state``: everything with
+  ``requires_grad``, so all of them under full fine-tuning; the frozen base is reloaded from the model path),
 - ``optimizer.safetensors`` — every optimizer state tensor, flattened as ``state.<param index>.<name>``,
 - ``rng-rank<R>.safetensors`` — the torch CPU/CUDA generator states (uint8) and numpy's key, per process,
 - ``state.json`` — the rest: optimizer param groups and scalar states, scheduler, GradScaler, python RNG,
@@ -12,6 +13,10 @@ Nothing is pickled, so loading a checkpoint cannot run code. Each file is writte
 same folder, fsync'ed and ``os.replace``'d; the folder is assembled as ``step-<N>.tmp`` and renamed, then
 ``latest.json`` is replaced atomically to point at it, so a crash at any moment leaves the previous
 checkpoint usable.
+
+The best weights are written once per improvement in their final format — a ``minift.peft.save_trainable`` folder
+for a PEFT method, a ``minift.models.save_pretrained`` folder for full fine-tuning — by :func:`save_weights`,
+which assembles ``best.tmp/`` and renames it into place; :func:`load_weights` reads them back into the model.
 """
 from __future__ import annotations
 
@@ -23,11 +28,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from safetensors.torch import load as st_load
 from safetensors.torch import load_file
 from safetensors.torch import save as st_save
 from torch import nn
+
+from minift.peft.io import load_trainable_state, trainable_state
+from minift.train.distributed import barrier, rank, world_size
 
 LATEST = "latest.json"
 
@@ -67,27 +74,6 @@ def atomic_save_tensors(tensors: dict, path, metadata: dict | None = None) -> No
     """Save a name → tensor dict as safetensors, atomically (tensors are copied to contiguous CPU memory)."""
     cpu = {name: t.detach().to("cpu").contiguous() for name, t in tensors.items()}
     atomic_write_bytes(path, st_save(cpu, metadata=metadata))
-
-
-def trainable_state(model: nn.Module) -> dict:
-    """Name → tensor of every parameter with ``requires_grad`` (tied parameters once)."""
-    return {name: p.detach() for name, p in model.named_parameters() if p.requires_grad}
-
-
-def load_trainable_state(model: nn.Module, tensors: dict, source: str) -> None:
-    """Copy saved trainable tensors into ``model`` in place; the names must match exactly."""
-    params = dict(model.named_parameters())
-    expected = {name for name, p in params.items() if p.requires_grad}
-    missing, unexpected = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
-    if missing or unexpected:
-        raise CheckpointLoadError(f"{source} does not match the model's trainable parameters: missing {missing[:8]}"
-                                  f", unexpected {unexpected[:8]}; resume with the same model, method and options")
-    with torch.no_grad():
-        for name, value in tensors.items():
-            if params[name].shape != value.shape:
-                raise CheckpointLoadError(f"{source}: {name} has shape {tuple(value.shape)}, "
-                                          f"the model has {tuple(params[name].shape)}")
-            params[name].copy_(value)
 
 
 # --- optimizer state without pickle ---------------------------------------------------------------------------
@@ -147,15 +133,6 @@ def restore_rng(tensors: dict, info: dict) -> None:
 
 # --- whole checkpoints -----------------------------------------------------------------------------------------
 
-def _rank() -> int:
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-
-
-def _barrier() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-
-
 def save_checkpoint(folder, model: nn.Module, optimizer, scheduler, scaler, loop_state: dict, keep: int = 1) -> Path:
     """Write a resumable checkpoint under ``folder`` (a run's ``checkpoints/``) and point ``latest.json`` at it.
 
@@ -172,16 +149,16 @@ def save_checkpoint(folder, model: nn.Module, optimizer, scheduler, scaler, loop
     step = int(loop_state["step"])
     final = folder / f"step-{step}"
     tmp = folder / f"step-{step}.tmp"
-    if _rank() == 0:
+    if rank() == 0:
         folder.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
-    _barrier()
+    barrier()
     rng_tensors, rng_info = capture_rng()
-    atomic_save_tensors(rng_tensors, tmp / f"rng-rank{_rank()}.safetensors")
-    atomic_write_json(tmp / f"rng-rank{_rank()}.json", rng_info)
-    _barrier()
-    if _rank() == 0:
+    atomic_save_tensors(rng_tensors, tmp / f"rng-rank{rank()}.safetensors")
+    atomic_write_json(tmp / f"rng-rank{rank()}.json", rng_info)
+    barrier()
+    if rank() == 0:
         opt_tensors, opt_info = flatten_optimizer(optimizer)
         atomic_save_tensors(trainable_state(model), tmp / "trainable.safetensors")
         atomic_save_tensors(opt_tensors, tmp / "optimizer.safetensors")
@@ -197,7 +174,7 @@ def save_checkpoint(folder, model: nn.Module, optimizer, scheduler, scaler, loop
                      key=lambda p: int(p.name.split("-")[1]))
         for path in old[:max(0, len(old) - (keep - 1))]:
             shutil.rmtree(path, ignore_errors=True)
-    _barrier()
+    barrier()
     return final
 
 
@@ -226,14 +203,17 @@ def load_checkpoint(path, model: nn.Module, optimizer, scheduler, scaler) -> dic
         trainable = load_file(folder / "trainable.safetensors")
         opt_tensors = load_file(folder / "optimizer.safetensors")
     except (OSError, ValueError) as err:
-        raise CheckpointLoadError(f"checkpoint {folder} is incomplete or corrupt ({err}); resume from another one")
-    rng_file = folder / f"rng-rank{_rank()}.safetensors"
+        raise CheckpointLoadError(f"checkpoint {folder} is incomplete or corrupt ({err}); resume from another "
+                                  "one") from None
+    rng_file = folder / f"rng-rank{rank()}.safetensors"
     saved_world = len(list(folder.glob("rng-rank*.safetensors")))  # one RNG file per process that wrote it
-    world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-    if not rng_file.is_file() or saved_world != world:
-        raise CheckpointLoadError(f"{folder} was written by {saved_world} process(es), this run has {world}: resume "
-                                  "with the same number of processes (the data shards and order depend on it)")
-    load_trainable_state(model, trainable, str(folder / "trainable.safetensors"))
+    if not rng_file.is_file() or saved_world != world_size():
+        raise CheckpointLoadError(f"{folder} was written by {saved_world} process(es), this run has {world_size()}: "
+                                  "resume with the same number of processes (the data shards and order depend on it)")
+    try:
+        load_trainable_state(model, trainable, str(folder / "trainable.safetensors"))
+    except ValueError as err:
+        raise CheckpointLoadError(f"{err} Resume with the same model, method and options") from None
     device = next(model.parameters()).device
     opt_tensors = {k: (v if k.endswith(".step") else v.to(device)) for k, v in opt_tensors.items()}
     try:
@@ -244,5 +224,49 @@ def load_checkpoint(path, model: nn.Module, optimizer, scheduler, scaler) -> dic
     scheduler.load_state_dict({**scheduler.state_dict(), **state["scheduler"]})
     if scaler is not None and state["scaler"]:
         scaler.load_state_dict(state["scaler"])
-    restore_rng(st_load(rng_file.read_bytes()), json.loads((folder / f"rng-rank{_rank()}.json").read_text()))
+    restore_rng(st_load(rng_file.read_bytes()), json.loads((folder / f"rng-rank{rank()}.json").read_text()))
     return state["loop"]
+
+
+# --- the best weights, in their final format -------------------------------------------------------------------
+
+def save_weights(model: nn.Module, folder) -> Path:
+    """Write what a run delivers to ``folder``, atomically: the ``minift.peft.save_trainable`` folder of a PEFT
+    model, else (full fine-tuning) a ``minift.models.save_pretrained`` folder that transformers loads.
+
+    The folder is assembled as ``<folder>.tmp`` and renamed into place; the previous one is moved aside to
+    ``<folder>.old`` for that instant and then deleted, so a crash leaves a complete folder under one of the names.
+    """
+    from minift.models import save_pretrained
+    from minift.peft import save_trainable
+    from minift.peft.apply import find_peft_spec
+
+    folder = Path(folder)
+    tmp, old = folder.with_name(folder.name + ".tmp"), folder.with_name(folder.name + ".old")
+    shutil.rmtree(tmp, ignore_errors=True)
+    if find_peft_spec(model) is not None:
+        save_trainable(model, tmp)
+    else:
+        save_pretrained(model, tmp)
+    if folder.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(folder, old)
+    os.replace(tmp, folder)
+    _fsync_dir(folder.parent)
+    shutil.rmtree(old, ignore_errors=True)
+    return folder
+
+
+def load_weights(model: nn.Module, folder) -> nn.Module:
+    """Load what :func:`save_weights` wrote into ``model`` (the model it was saved from, or one built the same way)
+    in place, and return it."""
+    from minift.models import load_pretrained
+    from minift.peft import load_trainable
+    from minift.peft.apply import find_peft_spec
+
+    if find_peft_spec(model) is not None:
+        return load_trainable(model, folder)
+    first = next(model.parameters())
+    saved = load_pretrained(folder, dtype=first.dtype, head=model.head_kind)
+    model.load_state_dict(saved.state_dict())
+    return model

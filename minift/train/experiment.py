@@ -2,15 +2,17 @@
 test metrics, as markdown and CSV (the table the course reports show)."""
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import io
-import os
 import statistics
 from pathlib import Path
 
+from minift.train import distributed
 from minift.train.config import TrainConfig
-from minift.train.run import default_output_dir, train_one
+from minift.train.recipe import train_one
+from minift.train.runfolder import default_output_dir
 
 
 def seed_table(summaries: list, metric_names: list) -> tuple:
@@ -55,17 +57,15 @@ def run_seeds(config: TrainConfig, progress=None, console=None) -> dict:
             console.print(summary_table(summaries[-1]))
     names = list(summaries[0]["test"])
     markdown, table_csv = seed_table(summaries, names)
-    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun process 0 writes the tables
+    if not distributed.is_main():  # under torchrun process 0 writes the tables
         return {"summaries": summaries, "markdown": markdown, "csv": table_csv, "output_dir": str(out)}
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.md").write_text(f"{summaries[0]['task']} · {config.method} · seeds {config.seeds}\n\n{markdown}")
     (out / "results.csv").write_text(table_csv)
     if config.plot:
-        from minift.train.plots import PlotUnavailable, plot_runs
+        from minift.plots import PlotUnavailable, plot_runs
 
-        try:
+        with contextlib.suppress(PlotUnavailable):  # the tables are the result; curves are a courtesy
             plot_runs([out / f"seed-{s}" for s in config.seeds], out / "curves.png",
                       labels=[f"seed {s}" for s in config.seeds])
-        except PlotUnavailable:
-            pass
     return {"summaries": summaries, "markdown": markdown, "csv": table_csv, "output_dir": str(out)}

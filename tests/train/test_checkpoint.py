@@ -1,4 +1,5 @@
-"""Checkpoint files: pickle-free (safetensors + JSON only), exact round trips, atomic replacement."""
+"""Checkpoint files: pickle-free (safetensors + JSON only), exact round trips, atomic replacement; the best weights
+in their final format (PEFT folder or HF folder), replaced atomically and read back exactly."""
 import json
 import random
 import shutil
@@ -8,6 +9,8 @@ import pytest
 import torch
 from trainkit import collate, random_batch, tiny_bert
 
+from minift.optim import build_optimizer, build_scheduler
+from minift.peft import apply
 from minift.train.checkpoint import (
     CheckpointLoadError,
     atomic_write_json,
@@ -15,11 +18,12 @@ from minift.train.checkpoint import (
     find_checkpoint,
     flatten_optimizer,
     load_checkpoint,
+    load_weights,
     restore_rng,
     save_checkpoint,
+    save_weights,
     unflatten_optimizer,
 )
-from minift.train.optim import build_optimizer, build_scheduler
 
 
 def trained(tmp_path, steps=3):
@@ -112,3 +116,33 @@ def test_resume_with_fewer_processes_is_refused(tmp_path):
         shutil.copy(folder / f"rng-rank0{suffix}", folder / f"rng-rank1{suffix}")
     with pytest.raises(CheckpointLoadError, match="written by 2 process"):
         load_checkpoint(tmp_path / "ck", model, optimizer, scheduler, scaler)
+
+
+def _perturbed(model, seed):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn(p.shape, generator=g) * 0.1)
+    return model
+
+
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_best_weights_are_replaced_atomically_and_reload_exactly(tmp_path, method):
+    """save_weights writes the final format (an HF folder / a PEFT folder) through best.tmp and a rename; a second
+    save replaces the first; load_weights puts exactly those weights back into a model that trained on."""
+    model = tiny_bert(tmp_path)
+    if method == "lora":
+        model = apply(model, "lora", r=4, targets=["query", "value"])
+    _perturbed(model, 1)
+    save_weights(model, tmp_path / "best")
+    _perturbed(model, 2)
+    saved = {n: p.detach().clone() for n, p in model.named_parameters()}
+    save_weights(model, tmp_path / "best")  # the better weights replace the first ones
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("best")) == ["best"]
+    expected = "model.safetensors" if method == "full" else "peft_trainable.safetensors"
+    assert (tmp_path / "best" / expected).is_file()
+    _perturbed(model, 3)  # training went on and got worse
+    load_weights(model, tmp_path / "best")
+    for name, p in model.named_parameters():
+        assert torch.equal(p, saved[name]), name

@@ -1,7 +1,7 @@
 """The loop drops an all-ones attention mask on the host (so the model never checks it on the device)."""
 import torch
 
-from minift.train.loop import model_inputs
+from minift.train.step import model_inputs
 
 
 def test_all_ones_mask_dropped_padded_mask_kept():

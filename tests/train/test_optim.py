@@ -5,7 +5,7 @@ from torch import nn
 from trainkit import tiny_bert, tiny_llama
 from transformers import optimization as hf
 
-from minift.train.optim import build_optimizer, build_scheduler, param_groups
+from minift.optim import build_optimizer, build_scheduler, param_groups
 
 
 def _group_ids(model):

@@ -1,34 +1,29 @@
-"""Mixed and pure low precision: bf16 autocast and bf16 weights train on CPU; fp16/bf16 on CUDA (marked)."""
+"""Mixed and pure low precision through the recipe: bf16 autocast and bf16 weights train on CPU; every precision on
+CUDA (marked)."""
+import json
+
 import pytest
 import torch
-from trainkit import collate, random_batch, tiny_bert
+from trainkit import cli_config
 
-from minift.train.batching import BatchPlan
-from minift.train.loop import LoopSettings, fit
-from minift.train.optim import build_optimizer, build_scheduler
-
-ROWS = random_batch(48, [4, 9, 13], "classification")
+from minift.train.recipe import Recipe
 
 
 def train(tmp_path, precision, device):
-    model = tiny_bert(tmp_path).to(device)
-    if precision == "bf16-pure":
-        model = model.to(torch.bfloat16)
-    plan = BatchPlan([len(r["input_ids"]) for r in ROWS], lambda idx: collate([ROWS[i] for i in idx]), 8, seed=1)
-    optimizer = build_optimizer(model, 3e-3, 0.0)
-    scheduler = build_scheduler(optimizer, "constant", 0.0, 60)
-    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-    records = []
-    settings = LoopSettings(kind="classification", epochs=10, grad_accum=1, precision=precision, device=device,
-                            clip=1.0, log_every=6, eval_each_epoch=False)
-    state = fit(model.train(), optimizer, scheduler, scaler, plan, settings, dict, lambda: None, records.append)
-    losses = [r["loss"] for r in records]
-    return model, state, losses
+    config = cli_config(tmp_path, precision, n_train=48, dropout=0.0, precision=precision, device=device,
+                        grad_accum=1, epochs=10, lr=3e-3, weight_decay=0.0, schedule="constant", warmup=0.0,
+                        log_every=6, eval_each_epoch=False)
+    recipe = Recipe(config)
+    recipe.setup()
+    state = recipe.train()
+    lines = (recipe.out / "metrics.jsonl").read_text().splitlines()
+    losses = [r["loss"] for r in map(json.loads, lines) if r["type"] == "train"]
+    return recipe.model, state, losses
 
 
 @pytest.mark.parametrize("precision", ["bf16", "bf16-pure"])
 def test_bf16_trains_on_cpu(tmp_path, precision):
-    model, state, losses = train(tmp_path, precision, torch.device("cpu"))
+    model, state, losses = train(tmp_path, precision, "cpu")
     assert state.step == 60 and losses[-1] < 0.5 * losses[0]
     expected = torch.bfloat16 if precision == "bf16-pure" else torch.float32
     assert all(p.dtype == expected for p in model.parameters())
@@ -37,6 +32,6 @@ def test_bf16_trains_on_cpu(tmp_path, precision):
 @pytest.mark.cuda
 @pytest.mark.parametrize("precision", ["fp32", "fp16", "bf16", "bf16-pure"])
 def test_precisions_train_on_cuda(tmp_path, precision):
-    _, state, losses = train(tmp_path, precision, torch.device("cuda"))
+    _, state, losses = train(tmp_path, precision, "cuda")
     assert state.step == 60 and losses[-1] < 0.5 * losses[0]
     assert state.skipped_steps <= 2  # fp16: at most the first steps while the scale settles

@@ -91,3 +91,19 @@ def tiny_cli_assets(tmp_path: Path, n_train: int = 96, n_test: int = 40, dropout
             lines.append(f"{' '.join(words)},{int('w7' in words)}")
         (tmp_path / f"{split}.csv").write_text("\n".join(lines) + "\n")
     return folder, f"file:{tmp_path / 'train.csv'},{tmp_path / 'dev.csv'},{tmp_path / 'test.csv'}"
+
+
+def cli_config(tmp_path: Path, name: str = "run", *, n_train: int = 64, dropout: float = 0.1, **overrides):
+    """A ``TrainConfig`` of a small full fine-tuning run on :func:`tiny_cli_assets` (made once per ``tmp_path``):
+    batch 8 × 2 accumulated, so 64 training examples are 8 micro-batches and 4 optimizer steps per epoch."""
+    from minift.train.config import TrainConfig
+
+    assets = tmp_path / "assets"
+    if not assets.exists():
+        assets.mkdir()
+        tiny_cli_assets(assets, n_train=n_train, n_test=16, dropout=dropout)
+    task = f"file:{assets / 'train.csv'},{assets / 'dev.csv'},{assets / 'test.csv'}"
+    values = {"task": task, "model": str(assets / "model"), "method": "full", "batch_size": 8, "grad_accum": 2,
+              "lr": 1e-3, "max_length": 32, "epochs": 2, "log_every": 1, "output_dir": str(tmp_path / name),
+              "plot": False, "device": "cpu", **overrides}
+    return TrainConfig(**values)

@@ -1,0 +1,105 @@
+"""Data parallelism under ``torchrun``: the few collectives a run needs, in one place.
+
+``torchrun --nproc_per_node N -m minift.train ...`` starts N processes with ``RANK`` / ``LOCAL_RANK`` /
+``WORLD_SIZE`` set; :func:`init` joins them into a process group (nccl on CUDA, gloo on CPU). Everything else
+here works the same with one process and no process group (it is then a no-op), so the run path never asks.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as dist
+
+
+def launched_world_size() -> int:
+    """The number of processes ``torchrun`` started (1 without torchrun), before any process group exists."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def local_rank() -> int:
+    """This process's index on its machine (0 without torchrun): the GPU it uses."""
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def launch_id(default: str) -> str:
+    """An id every process of one launch shares (torchrun's run id), else ``default``."""
+    return os.environ.get("TORCHELASTIC_RUN_ID", default) if launched_world_size() > 1 else default
+
+
+def init(device: torch.device) -> None:
+    """Join the torchrun process group (nccl on CUDA, gloo on CPU); nothing for a single process."""
+    if launched_world_size() == 1 or is_initialized():
+        return
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+
+
+def destroy() -> None:
+    if is_initialized():
+        dist.destroy_process_group()
+
+
+def is_initialized() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def world_size() -> int:
+    return dist.get_world_size() if is_initialized() else 1
+
+
+def rank() -> int:
+    return dist.get_rank() if is_initialized() else 0
+
+
+def is_main() -> bool:
+    """Process 0: the one that evaluates and writes the run folder."""
+    return rank() == 0
+
+
+def barrier() -> None:
+    if is_initialized():
+        dist.barrier()
+
+
+def collective_device() -> torch.device:
+    """Where collective tensors live: the current GPU for nccl, the CPU for gloo."""
+    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
+def all_sum(value: torch.Tensor) -> torch.Tensor:
+    """The sum of ``value`` over all processes (``value`` itself with one process: no copy, no sync)."""
+    if world_size() == 1:
+        return value
+    total = value.to(collective_device())
+    dist.all_reduce(total)
+    return total
+
+
+def any_process(flag: bool) -> bool:
+    """True when ``flag`` is true on any process (the same answer on every process)."""
+    if world_size() == 1:
+        return flag
+    return bool(all_sum(torch.tensor([float(flag)])).item())
+
+
+def from_main(flag: bool) -> bool:
+    """Process 0's ``flag`` on every process."""
+    if world_size() == 1:
+        return flag
+    value = torch.tensor([float(flag)], device=collective_device())
+    dist.broadcast(value, src=0)
+    return bool(value.item())
+
+
+def wrap(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """``model`` in ``DistributedDataParallel`` when there are several processes, else ``model`` itself."""
+    if world_size() == 1:
+        return model
+    return torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
+                                                     else None)
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model

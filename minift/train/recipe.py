@@ -1,0 +1,319 @@
+"""One training run, read top to bottom (torchtune's recipe ``setup()`` / ``train()``, nanoGPT's ``train.py``):
+
+- ``setup()`` builds the device, model, data, batch plan, optimizer, schedule and GradScaler, and restores a
+  checkpoint when resuming;
+- ``train()`` is the loop: per optimizer step, ``step.backward_window`` then ``step.optimizer_step``; then, when
+  due, a training-log line, a validation (saving the best weights when they improve) and a checkpoint — plain
+  method calls;
+- ``finish()`` reloads the best weights from their folder, evaluates them on test and writes ``summary.json``.
+
+The run folder is described in ``runfolder.py``. Under ``torchrun`` every process runs the recipe; process 0
+evaluates and writes the folder, and collectives keep the processes' decisions (stop, improved) the same.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from minift.data.tokenizer import load_tokenizer
+from minift.optim import build_optimizer, build_scheduler
+from minift.precision import uses_grad_scaler
+from minift.train import distributed, runfolder
+from minift.train.batching import BatchPlan, eval_batches
+from minift.train.build import (
+    build_data,
+    build_model,
+    build_task,
+    pick_device,
+    resolve_model_path,
+    seed_everything,
+)
+from minift.train.checkpoint import CheckpointLoadError, load_checkpoint, load_weights, save_checkpoint, save_weights
+from minift.train.config import TrainConfig
+from minift.train.evaluate import evaluate
+from minift.train.flags import check_resumable, saved_config
+from minift.train.interrupt import StopRequest
+from minift.train.oom import out_of_memory_message
+from minift.train.step import WindowStats, backward_window, optimizer_step, optimizer_steps
+
+
+class TrainingStopped(RuntimeError):
+    """The run ended early on purpose (NaN loss, Ctrl-C); the message says what was kept and how to go on."""
+
+    def __init__(self, message: str, summary: dict):
+        super().__init__(message)
+        self.summary = summary
+
+
+@dataclass
+class LoopState:
+    """The loop's position and bookkeeping; saved in every checkpoint (JSON)."""
+
+    step: int = 0  # optimizer steps done
+    epoch: int = 0  # current epoch
+    micro: int = 0  # micro-batches of the current epoch already consumed
+    best_metric: float | None = None  # best main metric so far (process 0)
+    best_step: int = -1  # the step it was measured at
+    bad_evals: int = 0  # evaluations since the last improvement (early stopping)
+    skipped_steps: int = 0  # fp16 steps skipped by the GradScaler (inf/NaN gradients)
+    stopped: str = ""  # why the loop ended: "" (completed), max_steps, early_stopping, nan, interrupted
+    history: list = field(default_factory=list)  # the evaluations: dicts with step, epoch and metrics
+
+
+def total_steps(micro_batches: int, config: TrainConfig) -> int:
+    """Optimizer steps of the whole run: windows of ``grad_accum`` micro-batches per epoch (a short last window
+    counts), times the epochs, capped by ``max_steps``."""
+    steps = -(-micro_batches // config.grad_accum) * config.epochs
+    return min(steps, config.max_steps) if config.max_steps else steps
+
+
+class Recipe:
+    """``Recipe(config, progress).run()`` trains, selects the best weights on validation, tests them and returns
+    the summary. ``progress`` (optional) receives every log record (``progress.RunProgress``)."""
+
+    def __init__(self, config: TrainConfig, progress=None):
+        self.config, self.progress = config, progress
+        self.started = time.time()
+
+    def run(self) -> dict:
+        self.setup()
+        self.train()
+        return self.finish()
+
+    # --- setup -------------------------------------------------------------------------------------------------
+
+    def setup(self) -> None:
+        c = self.config
+        self.device = pick_device(c.device)
+        distributed.init(self.device)
+        self.main = distributed.is_main()
+        seed_everything(c.seed)
+        self.out = runfolder.output_dir(c)
+        saved = saved_config(c.resume) if c.resume else None
+        if saved is not None:  # the run's own config decides; raised limits or new evaluation settings are recorded
+            check_resumable(saved, c)
+        if self.main:
+            runfolder.write_config(self.out, c, saved)
+
+        self.task = build_task(c)
+        self.model_path = resolve_model_path(c)
+        self.tokenizer = load_tokenizer(self.model_path)
+        self.model = build_model(c, self.task, self.model_path, self.tokenizer, self.device)
+        self.data = build_data(c, self.task, self.tokenizer, self.model.config)
+        self.plan = BatchPlan([len(f["input_ids"]) for f in self.data.train],
+                              lambda idx: self.data.collate([self.data.train[i] for i in idx]), c.batch_size, c.seed,
+                              c.group_by_length, distributed.rank(), distributed.world_size())
+        self.val_batches = eval_batches(self.data.val, self.data.collate, c.eval_batch_size)
+        self.total_steps = total_steps(len(self.plan), c)
+
+        self.optimizer = build_optimizer(self.model, c.learning_rate, c.weight_decay, c.betas, c.eps)
+        self.scheduler = build_scheduler(self.optimizer, c.schedule, c.warmup, self.total_steps)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=uses_grad_scaler(c.precision))
+        self.trained = distributed.wrap(self.model, self.device)  # DDP under torchrun, else the model itself
+        self.state = LoopState()
+        if c.resume:
+            self.state = LoopState(**load_checkpoint(c.resume, self.model, self.optimizer, self.scheduler,
+                                                     self.scaler))
+            if self.main:
+                runfolder.truncate_log(self.out, self.state.step)
+
+    # --- the loop ----------------------------------------------------------------------------------------------
+
+    def train(self) -> LoopState:
+        """Train until the epochs or ``max_steps`` are done, early stopping triggers, the loss is NaN or Ctrl-C."""
+        c, state = self.config, self.state
+        self._decide_resumed_stop()
+        self.stats = WindowStats(self.device)
+        self.last_log = time.perf_counter()
+        self.trained.train()
+        if self.progress is not None and self.main:
+            self.progress.start(self.total_steps, f"{self.task.name} · {c.method} · seed {c.seed}", state.step)
+        try:
+            with StopRequest() as interrupt:
+                while state.epoch < c.epochs and not state.stopped:
+                    self.train_epoch(interrupt)
+        except torch.cuda.OutOfMemoryError:
+            raise MemoryError(out_of_memory_message(self.model, c, self.device)) from None
+        finally:
+            if self.progress is not None and self.main:
+                self.progress.stop()
+        self.count_skipped()
+        return state
+
+    def _decide_resumed_stop(self) -> None:
+        """A resumed run's stop is decided again by this run's limits: the same limit stops at once (a finished run
+        does no extra step), a raised one trains on."""
+        c, state = self.config, self.state
+        if state.stopped in ("max_steps", "early_stopping"):
+            state.stopped = ""
+        if c.max_steps and state.step >= c.max_steps:
+            state.stopped = "max_steps"
+        elif c.early_stopping and state.bad_evals >= c.early_stopping:
+            state.stopped = "early_stopping"
+
+    def train_epoch(self, interrupt: StopRequest) -> None:
+        """The optimizer steps of the current epoch from the current position, until the epoch ends or a stop."""
+        c, state = self.config, self.state
+        batches = self.plan.epoch(state.epoch)
+        if state.micro >= len(batches):  # else nothing would train and the epoch loop would never end
+            raise CheckpointLoadError(
+                f"the resumed position (epoch {state.epoch}, micro-batch {state.micro}) is past this epoch's "
+                f"{len(batches)} micro-batches: the data, batch size or number of processes differ from the run "
+                "that wrote the checkpoint; resume with the run's own config")
+        for start in range(state.micro, len(batches), c.grad_accum):
+            # The last window of an epoch may be shorter; an empty shard is a zero-weight stand-in batch (DDP).
+            window = [(self.plan.collate(idx or [0]), bool(idx)) for idx in batches[start:start + c.grad_accum]]
+            summed = backward_window(self.trained, window, self.task.kind, c.precision, self.device, self.scaler)
+            self.stats.add(summed, window, self.task.kind)
+            optimizer_step(self.model, self.optimizer, self.scheduler, self.scaler, c.clip)
+            state.step += 1
+            state.micro = start + len(window)
+            if state.micro >= len(batches):  # the epoch is done: the position moves to the next one
+                state.epoch, state.micro = state.epoch + 1, 0
+            self.after_step(interrupt)
+            if state.stopped:
+                return
+
+    def after_step(self, interrupt: StopRequest) -> None:
+        """What follows an optimizer step when it is due: the log line, validation and a checkpoint, the Ctrl-C
+        stop. A NaN/inf loss stops the run first, so a broken model is never evaluated or checkpointed."""
+        c, state = self.config, self.state
+        epoch_ended = state.micro == 0
+        finishing = bool(c.max_steps) and state.step >= c.max_steps
+        validate = (c.eval_every and state.step % c.eval_every == 0) or (epoch_ended and c.eval_each_epoch)
+        log = state.step % c.log_every == 0 or state.step == self.total_steps
+        if (log or validate or finishing) and self.stats.loss_is_bad():
+            state.stopped = "nan"
+            return
+        if log:
+            self.log_training()
+        if validate or finishing:
+            if self.validate("epoch" if epoch_ended else "step"):
+                state.stopped = "early_stopping"
+            elif finishing:
+                state.stopped = "max_steps"
+            self.checkpoint()  # after the stop is decided, so that resuming a finished run does not train on
+        if not state.stopped and interrupt.agreed():
+            if self.stats.loss_is_bad():
+                state.stopped = "nan"
+                return
+            self.checkpoint()
+            state.stopped = "interrupted"
+
+    def count_skipped(self) -> None:
+        """fp16 steps the GradScaler skipped: the loop's steps the optimizer did not make (its own count)."""
+        if self.scaler.is_enabled():
+            self.state.skipped_steps = self.state.step - optimizer_steps(self.optimizer)
+
+    def log_training(self) -> None:
+        loss, examples, tokens = self.stats.take()
+        elapsed, world = time.perf_counter() - self.last_log, distributed.world_size()
+        self.count_skipped()
+        self.log({"type": "train", "step": self.state.step, "epoch": self.state.epoch,
+                  "total_steps": self.total_steps, "loss": loss, "lr": self.scheduler.get_last_lr()[0],
+                  "samples_per_s": examples * world / elapsed, "tokens_per_s": tokens * world / elapsed,
+                  "skipped_steps": self.state.skipped_steps})
+        self.last_log = time.perf_counter()
+
+    def log(self, record: dict) -> None:
+        """Append a record to metrics.jsonl and show it (process 0)."""
+        if not self.main:
+            return
+        record = {**record, "time": round(time.time() - self.started, 3)}
+        runfolder.append_log(self.out, record)
+        if self.progress is not None:
+            self.progress.record(record)
+
+    def validate(self, reason: str) -> bool:
+        """Evaluate on validation (process 0), remember and save the best weights; True when early stopping says
+        stop."""
+        c, state = self.config, self.state
+        metrics = self.val_metrics() if self.main else {}
+        value = metrics.get(self.task.main_metric)
+        # NaN (e.g. Pearson's r of constant predictions) never improves: stored as the best, nothing would beat it.
+        improved = value is not None and math.isfinite(value) and (state.best_metric is None
+                                                                   or value > state.best_metric)
+        if metrics:
+            record = {"type": "eval", "step": state.step, "epoch": state.epoch, "reason": reason, **metrics}
+            state.history.append(record)
+            self.log(record)
+        if distributed.from_main(improved):  # process 0 evaluated: every process agrees on "improved"
+            state.best_metric, state.best_step, state.bad_evals = value, state.step, 0
+            self.save_best()
+        else:
+            state.bad_evals += 1
+        return bool(c.early_stopping) and state.bad_evals >= c.early_stopping
+
+    def save_best(self) -> None:
+        """Write the current weights as the run's best, in their final format (process 0)."""
+        if self.main:
+            save_weights(self.model, self.out / runfolder.BEST)
+
+    def val_metrics(self) -> dict:
+        """The task's metrics on the validation batches."""
+        return evaluate(self.model, self.task, self.val_batches, self.tokenizer, self.data.special.eos,
+                        self.config.precision, self.device)
+
+    def checkpoint(self) -> None:
+        save_checkpoint(self.out / runfolder.CHECKPOINTS, self.model, self.optimizer, self.scheduler,
+                        self.scaler if self.scaler.is_enabled() else None, asdict(self.state))
+
+    # --- the end -----------------------------------------------------------------------------------------------
+
+    def finish(self) -> dict:
+        """Test the best weights (reloaded from their folder), write ``summary.json`` and the curves; return the
+        summary (under torchrun every process returns process 0's). Raises ``TrainingStopped`` after Ctrl-C or a
+        NaN loss."""
+        c, state = self.config, self.state
+        summary = self.summary()
+        best = self.out / runfolder.BEST
+        if state.stopped == "interrupted":
+            raise TrainingStopped(f"interrupted at step {state.step}: checkpoint saved in {self.out / 'checkpoints'}; "
+                                  f"continue with --resume {self.out}", summary)
+        if state.stopped == "nan":
+            if self.main:
+                runfolder.write_summary(self.out, summary)
+            raise TrainingStopped(f"the training loss became NaN/inf before step {state.step}: stopped without saving "
+                                  f"that state; the last good checkpoint is in {self.out / 'checkpoints'} (best "
+                                  f"weights: {best}). Lower --lr, use --clip 1.0, or --precision fp32/bf16", summary)
+        if self.main:
+            if state.best_step < 0:  # no validation ran (or none was finite): the final weights are the run's result
+                self.save_best()
+            load_weights(self.model, best)
+            test_batches = eval_batches(self.data.test, self.data.collate, c.eval_batch_size)
+            summary["test"] = evaluate(self.model, self.task, test_batches, self.tokenizer, self.data.special.eos,
+                                       c.precision, self.device)
+            summary.update(summary["test"])  # final test metrics by name at the top level (e.g. "accuracy")
+            summary["wall_time_s"] = round(time.time() - self.started, 1)
+            runfolder.write_summary(self.out, summary)
+        if distributed.world_size() > 1:  # every process returns process 0's summary
+            distributed.barrier()
+            summary = runfolder.read_summary(self.out)
+        if self.main and c.plot:
+            from minift.plots import plot_run
+
+            plot_run(self.out, missing_ok=True)
+        return summary
+
+    def summary(self) -> dict:
+        c, state, model = self.config, self.state, self.model
+        return {"task": self.task.name, "method": c.method, "seed": c.seed, "model": str(self.model_path),
+                "main_metric": self.task.main_metric, "validation": self.data.val_source,
+                "best_validation": state.best_metric, "best_step": state.best_step, "steps": state.step,
+                "skipped_steps": state.skipped_steps, "stopped": state.stopped or "completed",
+                "train_examples": len(self.data.train), "test_examples": len(self.data.test),
+                "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+                "all_params": sum(p.numel() for p in model.parameters()), "output_dir": str(self.out)}
+
+
+def train_one(config: TrainConfig, progress=None) -> dict:
+    """Train, select the best weights on validation data, evaluate them on test; return the summary.
+
+    Raises:
+        TrainingStopped: NaN loss or Ctrl-C (the folder holds the last good checkpoint).
+        minift.models.ModelLoadError / minift.data.DataError / TrainSetupError: bad model, data or options.
+    """
+    return Recipe(config, progress).run()
