@@ -76,10 +76,11 @@ def dynamic_code(device: torch.device | str | None = None) -> torch.Tensor:
 
 @functools.cache
 def _byte_table(device: torch.device) -> torch.Tensor:
-    # (256, 2) fp32: byte -> (code of its high nibble, code of its low nibble); dequantising is one gather per byte
+    # (256,) int64: byte -> its two fp32 code values (high nibble first) in one 8-byte word, so dequantising is a
+    # 1-D gather of one word per byte (several times faster on CPU than gathering rows of a (256, 2) table)
     code = nf4_code(device)
     byte = torch.arange(256, device=device)
-    return torch.stack([code[byte >> 4], code[byte & 15]], dim=1)
+    return torch.stack([code[byte >> 4], code[byte & 15]], dim=1).view(torch.int64).view(256)
 
 
 @dataclass
@@ -241,8 +242,8 @@ def dequantize_nf4(record: NF4Weight, dtype: torch.dtype = torch.float32) -> tor
     out = torch.empty(record.num_blocks * bs, dtype=dtype, device=record.device)
     for start in range(0, record.num_blocks, _CHUNK_BLOCKS):
         stop = min(start + _CHUNK_BLOCKS, record.num_blocks)
-        pairs = table[record.codes[start * bs // 2: stop * bs // 2].long()]  # (nb * bs / 2, 2) fp32
-        # product in fp32, rounded once into the output (one kernel: no separate fp32 result and cast)
-        torch.mul(pairs.view(stop - start, bs), absmax[start:stop].unsqueeze(1),
-                  out=out[start * bs: stop * bs].view(stop - start, bs))  # (nb, bs)
+        words = torch.take(table, record.codes[start * bs // 2: stop * bs // 2].long())  # (nb * bs / 2,) int64
+        values = words.view(torch.float32).view(stop - start, bs)  # (nb, bs) code values, fp32
+        values.mul_(absmax[start:stop].unsqueeze(1))  # the product in fp32, then rounded once into dtype
+        out[start * bs: stop * bs].view(stop - start, bs).copy_(values)
     return out[: record.numel].view(record.shape)
