@@ -12,7 +12,7 @@ the three are compared.
 Each measurement follows a short warm-up and is the median of ``--repeat`` runs, interleaved: wall time (what a
 user waits) and the process's CPU time (on a shared machine the steadier measure of the work done). One thread by
 default: on a loaded machine a second OpenMP thread mostly spins waiting for the first and inflates CPU time
-(``--threads 2`` on our 2 busy cores: ~10x the CPU seconds for the same work); on an idle machine raise it.
+(in a trial on our 2 busy cores, several times the CPU seconds for the same work); on an idle machine raise it.
 
     python benchmarks/bench_generate.py                 # prints the table
     python benchmarks/bench_generate.py --append        # and appends it, with the command, to RESULTS.md
@@ -25,6 +25,7 @@ import os
 import statistics
 import sys
 import tempfile
+import textwrap
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -145,7 +146,7 @@ def main(argv=None) -> int:
     table = result_table(times, args.batch * args.new)
     header = (f"SmolLM2-135M-Instruct (Q4_1 GGUF dequantised to fp32), greedy, batch {args.batch} x {args.new} new "
               f"tokens, prompts of {int(mask.sum(1).min())}-{ids.shape[1]} tokens (left-padded); torch "
-              f"{torch.__version__}, transformers {transformers.__version__}, {args.threads} threads; load average "
+              f"{torch.__version__}, transformers {transformers.__version__}, {args.threads} thread(s); load average "
               f"{' '.join(load_before)} before, {' '.join(load_after)} after")
     lines = agreement(tokens)
     print(header, "", table, "", *lines, sep="\n")
@@ -172,8 +173,8 @@ def append(args, header: str, table: str, lines: list[str]) -> None:
              f"--repeat {args.repeat}" if args.repeat != 1 else "", f"--threads {args.threads}"]
     command = " ".join(["python benchmarks/bench_generate.py", *(f for f in flags if f)])
     with open(ROOT / "benchmarks" / "RESULTS.md", "a", encoding="utf-8") as handle:
-        handle.write(f"\n## Generation with a KV cache: SmolLM2 on CPU (issue 10)\n\n"
-                     f"`{command}` ({datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; {header}).\n\n{table}\n\n"
+        intro = textwrap.fill(f"`{command}` ({datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; {header}).", 116)
+        handle.write(f"\n## Generation with a KV cache: SmolLM2 on CPU (issue 10)\n\n{intro}\n\n{table}\n\n"
                      + "".join(f"- {line}\n" for line in lines))
 
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from minift import peft
+from minift.models.attention import build_mask
 from minift.models.cache import KVCache
 from minift.models.generate import generate, warp_logits
 
@@ -95,6 +96,20 @@ def test_cached_forward_equals_full_forward(tiny, tmp_path, family):
     assert cache.length == 12
     with pytest.raises(ValueError, match="KV cache holds 12 tokens"):
         ours(ids[:, :1], torch.ones(3, 13, dtype=torch.long), cache=cache)
+
+
+@pytest.mark.parametrize("window", [None, 3])
+@pytest.mark.parametrize("padded", [False, True])
+def test_mask_after_cached_tokens_is_the_full_masks_last_rows(window, padded):
+    mask = torch.tensor([[0, 0, 1, 1, 1, 1, 1, 1], [1] * 8]) if padded else torch.ones(2, 8, dtype=torch.long)
+    full = build_mask(mask, 8, causal=True, window=window)
+    full = torch.ones(8, 8, dtype=torch.bool).tril() if full is None else full.expand(2, 1, 8, 8)
+    for past in (5, 7):
+        got = build_mask(mask, 8 - past, causal=True, window=window, past=past)
+        if got is None:  # one new token, nothing masked
+            assert past == 7 and not padded and window is None
+            continue
+        assert torch.equal(got.expand(2, 1, 8 - past, 8), full[..., past:, :].expand(2, 1, 8 - past, 8))
 
 
 @pytest.mark.parametrize("family", ["gpt_neo", "mistral"])
