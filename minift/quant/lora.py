@@ -21,19 +21,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from minift.peft.adapter import AdapterLinear
+from minift.peft.adapter import AdapterLinear, Bottleneck
 from minift.peft.lora import LoRALinear
 from minift.quant.linear import NF4Linear
-from minift.quant.nf4 import BLOCK_SIZE
+from minift.quant.nf4 import BLOCK_SIZE, DOUBLE_BLOCK_SIZE
 
 
 class LoRANF4Linear(NF4Linear):
     """``NF4Linear`` + LoRA: ``y = x dequant(W)^T + b + (alpha / r) * dropout(x) A^T B^T``.
 
-    Built with ``from_peft(lora_linear)``. ``lora_A`` (r, C_in) and ``lora_B`` (C_out, r) are trainable parameters
-    in the base's compute dtype; the 4-bit weight never changes. There is no in-place ``merge`` (the update cannot
-    be folded into 4-bit codes without requantising it away): ``merged_linear`` gives the fp ``nn.Linear`` with the
-    update added in fp32, which is what a merged export writes.
+    Args: those of ``NF4Linear``, then ``r``, ``alpha``, ``dropout`` as ``LoRALinear``. Usually built with
+    ``from_peft(lora_linear)``; constructing it directly (e.g. on the meta device, then ``load_state_dict``) gives
+    LoRA's initialisation. ``lora_A`` (r, C_in) and ``lora_B`` (C_out, r) are trainable parameters in the compute
+    dtype; the 4-bit weight never changes. There is no in-place ``merge`` (the update cannot be folded into 4-bit
+    codes without requantising it away): ``merged_linear`` gives the fp ``nn.Linear`` with the update added in
+    fp32, which is what a merged export writes.
     """
 
     merged = False  # never merged in place; LoRALinear's code reads this flag
@@ -41,12 +43,22 @@ class LoRANF4Linear(NF4Linear):
     delta_weight = LoRALinear.delta_weight
     adapter_params = LoRALinear.adapter_params
 
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, block_size: int = BLOCK_SIZE,
+                 double_quant: bool = True, double_block_size: int = DOUBLE_BLOCK_SIZE, device=None, dtype=None, *,
+                 r: int = 8, alpha: float = 16.0, dropout: float = 0.0):
+        super().__init__(in_features, out_features, bias, block_size, double_quant, double_block_size, device, dtype)
+        self.r, self.alpha, self.scaling = r, float(alpha), float(alpha) / r
+        self.lora_A = nn.Parameter(torch.empty(r, in_features, device=device, dtype=self.compute_dtype))
+        self.lora_B = nn.Parameter(torch.empty(out_features, r, device=device, dtype=self.compute_dtype))
+        self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.reset_lora_parameters()
+
     @classmethod
     def from_peft(cls, layer: LoRALinear, block_size: int = BLOCK_SIZE, double_quant: bool = True) -> LoRANF4Linear:
         """Quantise ``layer``'s base weight; ``lora_A``, ``lora_B``, the dropout and the bias move over as they are."""
         if layer.merged:
             raise ValueError("unmerge the LoRA layer before quantising its base (the update would be frozen into it)")
-        new = cls.from_linear(layer, block_size, double_quant)
+        new = cls.from_linear(layer, block_size, double_quant)  # built on meta with throwaway LoRA matrices
         new.r, new.alpha, new.scaling = layer.r, layer.alpha, layer.scaling
         new.lora_A, new.lora_B, new.lora_dropout = layer.lora_A, layer.lora_B, layer.lora_dropout
         return new
@@ -76,9 +88,18 @@ class LoRANF4Linear(NF4Linear):
 
 
 class AdapterNF4Linear(NF4Linear):
-    """``NF4Linear`` followed by a bottleneck adapter: ``adapter(x dequant(W)^T + b)`` (Houlsby / Pfeiffer)."""
+    """``NF4Linear`` followed by a bottleneck adapter: ``adapter(x dequant(W)^T + b)`` (Houlsby / Pfeiffer).
+
+    Args: those of ``NF4Linear``, then the bottleneck's ``size`` and ``activation`` (``minift.peft.adapter``).
+    """
 
     adapter_params = AdapterLinear.adapter_params
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, block_size: int = BLOCK_SIZE,
+                 double_quant: bool = True, double_block_size: int = DOUBLE_BLOCK_SIZE, device=None, dtype=None, *,
+                 size: int = 64, activation: str = "relu"):
+        super().__init__(in_features, out_features, bias, block_size, double_quant, double_block_size, device, dtype)
+        self.adapter = Bottleneck(out_features, size, activation, device=device, dtype=self.compute_dtype)
 
     @classmethod
     def from_peft(cls, layer: AdapterLinear, block_size: int = BLOCK_SIZE,

@@ -13,6 +13,7 @@ from minift import peft
 from minift.models.config import ModelConfig
 from minift.models.load import build_model
 from minift.models.registry import get_family
+from minift.peft.io import load_trainable_state, trainable_state
 from minift.quant import (
     AdapterNF4Linear,
     LoRANF4Linear,
@@ -177,3 +178,21 @@ def test_quantized_bytes_on_the_meta_device(double_quant):
     expected = fp_bytes - 4 * sum(numels) + sum(nf4_bytes(n, 64, double_quant) for n in numels)
     assert quantized_bytes(model) == expected
     assert all(isinstance(m, NF4Linear) for m in nf4_layers(model).values())
+
+
+def test_qlora_trainable_state_has_the_keys_of_a_bf16_lora_and_reloads():
+    base = tiny_llama()
+    fp_lora = peft.apply(copy.deepcopy(base), "lora", r=4, alpha=8)
+    qlora = quantize_model(peft.apply(copy.deepcopy(base), "lora", r=4, alpha=8))
+    train_steps(qlora, steps=1)
+    state = trainable_state(qlora)
+    assert state.keys() == trainable_state(fp_lora).keys()  # an adapter trained on 4 bits loads on the bf16 base
+    load_trainable_state(fp_lora, state, "qlora")
+    assert all(torch.equal(p, state[n]) for n, p in trainable_state(fp_lora).items())
+    # a layer built on the meta device takes the whole saved state (codes, scales, LoRA) and gives the same output
+    layer = qlora.blocks[0].self_attn.q_proj.eval()  # no LoRA dropout
+    fresh = LoRANF4Linear(64, 64, bias=False, device="meta", r=4, alpha=8)
+    fresh.load_state_dict(layer.state_dict(), assign=True)
+    x = torch.randn(2, 64)
+    with torch.no_grad():
+        assert torch.equal(fresh(x), layer(x))
