@@ -225,6 +225,9 @@ GGUF_TENSORS = {
     "blk.{i}.ffn_down": "model.layers.{i}.mlp.down_proj",
 }
 ADAPTER_SITES = {"attention": "self_attn.o_proj", "ffn": "mlp.down_proj"}
+# How a Llama-style block keeps activations (minift.memory); Qwen2 and Mistral blocks keep the same.
+MEMORY = MemorySpec(attention=("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
+                    mlp=("mlp.gate_proj", "mlp.up_proj"), norm="rms", dropout=False, positions="rotary")
 
 FAMILY = Family(
     model_type="llama",
@@ -257,6 +260,5 @@ FAMILY = Family(
     gguf=GGUFSpec(arch="llama", tensors=GGUF_TENSORS, permute_qk=True, skip=(r"^rope_freqs\.weight$",)),
     lora_targets=("q_proj", "v_proj"),
     adapter_sites=ADAPTER_SITES,
-    memory=MemorySpec(attention=("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
-                      mlp=("mlp.gate_proj", "mlp.up_proj"), norm="rms", dropout=False, positions="rotary"),
+    memory=MEMORY,
 )

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from minift.models.config import ModelConfig
 from minift.models.heads import linear_head, lm_head, score_head
-from minift.models.llama import ADAPTER_SITES, CONFIG_KEYS, LlamaModel
+from minift.models.llama import ADAPTER_SITES, CONFIG_KEYS, MEMORY, LlamaModel
 from minift.models.registry import Family, HeadSpec
 from minift.models.rope import read_rope_config, write_rope_config
 
@@ -58,4 +58,5 @@ FAMILY = Family(
     is_decoder=True,
     lora_targets=("q_proj", "v_proj"),
     adapter_sites=ADAPTER_SITES,
+    memory=MEMORY,
 )

@@ -17,6 +17,7 @@ from minift.models.llama import (
     ADAPTER_SITES,
     CONFIG_KEYS,
     GGUF_TENSORS,
+    MEMORY,
     LlamaAttention,
     LlamaDecoderLayer,
     LlamaModel,
@@ -96,6 +97,7 @@ FAMILY = Family(
     gguf=GGUFSpec(arch="qwen2", tensors=GGUF_TENSORS),  # llama.cpp does not permute Qwen2's Q/K rows
     lora_targets=("q_proj", "v_proj"),
     adapter_sites=ADAPTER_SITES,
+    memory=MEMORY,
     bpe_processor="ByteLevel",
     tokenizer_classes=("Qwen2Tokenizer", "Qwen2TokenizerFast"),
 )

@@ -158,3 +158,17 @@ def test_module_entry_point():
     out = subprocess.run([sys.executable, "-m", "minift.memory", "--model", "gpt2", "--method", "full", "--json"],
                          capture_output=True, text=True, check=True).stdout
     assert json.loads(out)["methods"][0]["params_total"] == 124_439_808
+
+
+@pytest.mark.parametrize("family", ["qwen2", "mistral"])
+def test_qwen2_and_mistral_folders(tiny, family, capsys):
+    """The two families added after the estimator: a folder answers, counted from the model the folder loads."""
+    t = tiny(family, "causal-lm")
+    assert main(["--model", str(t.folder), "--json", "--max-length", "16"]) == 0
+    methods = {m["method"]: m for m in json.loads(capsys.readouterr().out)["methods"]}
+    assert methods["full"]["params_total"] == sum(p.numel() for p in t.load().parameters())
+    from minift.peft import apply
+
+    lora = apply(t.load(), "lora")  # the loaded model with minift.train's default LoRA
+    assert methods["lora r=8"]["params_trainable"] == sum(p.numel() for p in lora.parameters() if p.requires_grad)
+    assert methods["lora r=8"]["params_trainable"] == 2 * 8 * ((32 + 32) + (32 + 16))  # q, v (kv width 16), 2 layers

@@ -4,7 +4,6 @@ For every family and method, with and without gradient checkpointing, ``trace_ac
 the estimator uses) must match ``measure_saved`` (storages of the tensors ``saved_tensors_hooks`` sees, plus
 the inputs checkpointed blocks keep) within 5%. The models are the test kit's (``tests/kit.py``).
 """
-import importlib
 
 import kit
 import pytest
@@ -121,19 +120,13 @@ def test_frozen_head(family):
     ("mistral", {"num_kv_heads": 2, "hidden_act": "silu", "attention_layers": ["local", "local"], "window_size": 4}),
 ])
 @pytest.mark.parametrize("name", ["full", "lora", "bitfit", "prompt"])
-def test_llama_spec_serves_qwen2_and_mistral(monkeypatch, model_type, fields, name):
-    """Qwen2 and Mistral are Llama's forward: Llama's MemorySpec describes them (their biases and sliding windows
-    are read from the model and the config), so the tape matches what their models save."""
-    from dataclasses import replace
-
+def test_llama_spec_serves_qwen2_and_mistral(model_type, fields, name):
+    """Qwen2 and Mistral are Llama's forward and their families carry Llama's MemorySpec (their biases and sliding
+    windows are read from the model and the config), so the tape matches what their models save."""
     from minift.models.config import ModelConfig
-    from minift.models.registry import get_family
 
     if name == "bitfit" and model_type == "mistral":
         pytest.skip("Mistral has no biases")
-    family = get_family(model_type)
-    monkeypatch.setattr(importlib.import_module(f"minift.models.{model_type}"), "FAMILY",
-                        replace(family, memory=get_family("llama").memory))
     config = ModelConfig(model_type=model_type, vocab_size=100, hidden_size=32, num_layers=2, num_heads=4,
                          intermediate_size=64, max_position_embeddings=64, attention_dropout=0.1, pad_token_id=0,
                          **fields)
