@@ -15,35 +15,21 @@ from minift.models.generate import generate, warp_logits
 
 transformers = pytest.importorskip("transformers")
 
-# Decoder families the kit's table does not have yet, built the same way (2 layers, width 32, vocab 100, pad 0):
-# Qwen2 with its second layer sliding (window 4), Mistral sliding on every layer (window 4), both with GQA.
-_LLAMA_LIKE = {"vocab_size": kit.VOCAB, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-               "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 64, "pad_token_id": 0}
-EXTRA = {
-    "qwen2": ("Qwen2Config", "Qwen2ForCausalLM",
-              {**_LLAMA_LIKE, "use_sliding_window": True, "sliding_window": 4, "max_window_layers": 1}),
-    "mistral": ("MistralConfig", "MistralForCausalLM", {**_LLAMA_LIKE, "sliding_window": 4}),
-}
-FAMILIES = [*kit.DECODERS, *EXTRA]  # gpt2, gpt_neo (local window 4), llama (GQA), qwen2, mistral
+FAMILIES = kit.DECODERS  # gpt2, gpt_neo (local window 4), llama (GQA), qwen2 (2nd layer sliding, window 4), mistral
 NEW = 8  # new tokens: prompts of 10 + 8 run well past the windows of 4
 NO_STOP = {"bos_token_id": None, "eos_token_id": None}  # nothing ends a row early unless a test says so
 
 
-def _tiny(tiny, tmp_path, family: str) -> kit.Tiny:
-    """A tiny causal-LM checkpoint of ``family`` (transformers model + minift loader), without bos/eos ids."""
-    if family not in EXTRA:
-        return tiny(family, "causal-lm", **NO_STOP)
-    config_class, model_class, kwargs = EXTRA[family]
-    config = getattr(transformers, config_class)(**kwargs, **NO_STOP)
-    hf = getattr(transformers, model_class)(config).eval()
-    folder = tmp_path / family
-    hf.save_pretrained(folder, safe_serialization=True)
-    return kit.Tiny(hf, folder, "causal-lm")
+def _tiny(tiny, family: str) -> kit.Tiny:
+    """A tiny causal-LM checkpoint of ``family`` (transformers model + minift loader), without bos/eos ids and
+    with an untied head: a tiny random model whose head is its embedding mostly repeats its last token, and
+    greedy tokens that do not vary would prove little."""
+    return tiny(family, "causal-lm", tie_word_embeddings=False, **NO_STOP)
 
 
 def _batch(family: str, padding: str | None = "left", B: int = 3, T: int = 10) -> tuple[torch.Tensor, torch.Tensor]:
     """(input_ids, attention_mask) of kit.batch: rows 1 and 2 have 3 and 5 padding positions (pad id 0)."""
-    b = kit.batch(family if family in kit.FAMILIES else "llama", B=B, T=T, padding=padding)
+    b = kit.batch(family, B=B, T=T, padding=padding)
     return b["input_ids"], b["attention_mask"]
 
 
@@ -52,8 +38,8 @@ def _hf_generate(hf, ids, mask, n=NEW, **kwargs):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_cached_greedy_equals_full_and_transformers(tiny, tmp_path, family):
-    t = _tiny(tiny, tmp_path, family)
+def test_cached_greedy_equals_full_and_transformers(tiny, family):
+    t = _tiny(tiny, family)
     ours = t.load()
     ids, mask = _batch(family, "left")
     cached = generate(ours, ids, mask, max_new_tokens=NEW)
@@ -64,10 +50,10 @@ def test_cached_greedy_equals_full_and_transformers(tiny, tmp_path, family):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_any_padding_continues_each_row_alone(tiny, tmp_path, family):
+def test_any_padding_continues_each_row_alone(tiny, family):
     """Right- and mixed-padded prompts (which transformers does not support) give each row the tokens it gets
     unpadded, on both paths."""
-    ours = _tiny(tiny, tmp_path, family).load()
+    ours = _tiny(tiny, family).load()
     for padding in ("right", "mixed"):
         ids, mask = _batch(family, padding)
         for use_cache in (True, False):
@@ -80,10 +66,10 @@ def test_any_padding_continues_each_row_alone(tiny, tmp_path, family):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_cached_forward_equals_full_forward(tiny, tmp_path, family):
+def test_cached_forward_equals_full_forward(tiny, family):
     """A left-padded batch run as a prompt of 6 then one token at a time through the cache gives the logits of
     one full forward with positions counted over the real tokens."""
-    ours = _tiny(tiny, tmp_path, family).load()
+    ours = _tiny(tiny, family).load()
     ids, mask = _batch(family, "left", T=12)
     positions = (mask.cumsum(1) - 1).clamp(min=0)
     full = ours(ids, mask, position_ids=positions)  # (B, 12, V)
@@ -113,10 +99,10 @@ def test_mask_after_cached_tokens_is_the_full_masks_last_rows(window, padded):
 
 
 @pytest.mark.parametrize("family", ["gpt_neo", "mistral"])
-def test_sampling_is_seeded_and_matches_transformers(tiny, tmp_path, family):
+def test_sampling_is_seeded_and_matches_transformers(tiny, family):
     """The same seed repeats; another seed differs; with torch's generator seeded alike, transformers' sampling
     (same warpers, one multinomial draw per step) picks the same tokens."""
-    t = _tiny(tiny, tmp_path, family)
+    t = _tiny(tiny, family)
     ours = t.load()
     ids, mask = _batch(family, "left")
     options = {"do_sample": True, "temperature": 0.7, "top_k": 20, "top_p": 0.9}
@@ -145,16 +131,16 @@ def test_warpers_equal_transformers(temperature, top_k, top_p):
     assert torch.equal(warp_logits(logits, temperature, top_k, top_p), want)
 
 
-def test_top_k_1_sampling_is_greedy(tiny, tmp_path):
-    ours = _tiny(tiny, tmp_path, "llama").load()
+def test_top_k_1_sampling_is_greedy(tiny):
+    ours = _tiny(tiny, "llama").load()
     ids, mask = _batch("llama", "left")
     greedy = generate(ours, ids, mask, max_new_tokens=NEW)
     assert torch.equal(generate(ours, ids, mask, max_new_tokens=NEW, do_sample=True, top_k=1, seed=0), greedy)
 
 
 @pytest.mark.parametrize("use_cache", [True, False])
-def test_eos_ids_end_rows(tiny, tmp_path, use_cache):
-    ours = _tiny(tiny, tmp_path, "gpt2").load()
+def test_eos_ids_end_rows(tiny, use_cache):
+    ours = _tiny(tiny, "gpt2").load()
     ids, mask = _batch("gpt2", "left")
     free = generate(ours, ids, mask, max_new_tokens=NEW)[:, 10:]
     eos = [int(free[0, 1]), int(free[1, 0])]  # row 0 ends at its 2nd new token, row 1 at its 1st
@@ -169,8 +155,8 @@ def test_eos_ids_end_rows(tiny, tmp_path, use_cache):
     assert torch.equal(everyone, torch.cat([ids, free[:, :1]], dim=1))  # all rows ended: no further steps
 
 
-def test_stop_strings_end_rows(tiny, tmp_path):
-    ours = _tiny(tiny, tmp_path, "mistral").load()
+def test_stop_strings_end_rows(tiny):
+    ours = _tiny(tiny, "mistral").load()
     ids, mask = _batch("mistral", "left")
     free = generate(ours, ids, mask, max_new_tokens=NEW)[:, 10:]
 
@@ -196,11 +182,11 @@ def test_stop_strings_end_rows(tiny, tmp_path):
 
 
 @pytest.mark.parametrize("family", ["gpt_neo", "qwen2"])
-def test_peft_models_generate_with_the_cache(tiny, tmp_path, family):
+def test_peft_models_generate_with_the_cache(tiny, family):
     """A soft prompt (prepended: its virtual tokens sit in the cache from the first step) and LoRA with a
     non-zero update generate the same tokens with and without the cache."""
     ids, mask = _batch(family, "left")
-    t = _tiny(tiny, tmp_path, family)
+    t = _tiny(tiny, family)
     prompted = peft.apply(t.load(), "prompt", length=3, init="random")
     lora = peft.apply(t.load(), "lora", r=2)
     with torch.no_grad():
@@ -210,12 +196,12 @@ def test_peft_models_generate_with_the_cache(tiny, tmp_path, family):
     for model in (prompted, lora):
         cached = generate(model, ids, mask, max_new_tokens=NEW)
         assert torch.equal(cached, generate(model, ids, mask, max_new_tokens=NEW, use_cache=False))
-    base = generate(t.load(), ids, mask, max_new_tokens=NEW)
-    assert not torch.equal(generate(prompted, ids, mask, max_new_tokens=NEW), base)  # the prompt matters
+    with torch.no_grad():  # the prompt matters
+        assert not torch.allclose(prompted(ids, mask), t.load()(ids, mask), atol=1e-3)
 
 
-def test_bad_arguments(tiny, tmp_path):
-    ours = _tiny(tiny, tmp_path, "llama").load()
+def test_bad_arguments(tiny):
+    ours = _tiny(tiny, "llama").load()
     ids, mask = _batch("llama", "left")
     assert torch.equal(generate(ours, ids, mask, max_new_tokens=0), ids)
     with pytest.raises(ValueError, match="temperature"):
