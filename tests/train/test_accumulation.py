@@ -1,6 +1,6 @@
 """Gradient accumulation equals one big batch: 4 micro-batches of 8 give the gradients of one batch of 32."""
 import torch
-from trainkit import cli_config, collate, random_batch, tiny_bert, tiny_llama
+from kit import collate, feature_rows
 
 from minift.data.example import IGNORE_INDEX
 from minift.train.recipe import Recipe
@@ -30,16 +30,16 @@ def assert_grads_equal(a, b):
         torch.testing.assert_close(a[name], b[name], atol=1e-6, rtol=0, msg=f"gradient of {name}")
 
 
-def test_classification_4x8_equals_32_with_unequal_lengths(tmp_path):
-    model = tiny_bert(tmp_path).train()  # dropout is 0 in this config
-    rows = random_batch(32, [3, 7, 12, 5, 20, 9], "classification")
+def test_classification_4x8_equals_32_with_unequal_lengths(bert):
+    model = bert().train()  # no dropout
+    rows = feature_rows(32, [3, 7, 12, 5, 20, 9], "classification")
     assert_grads_equal(window_grads(model, rows, [8, 8, 8, 8], "classification"),
                        window_grads(model, rows, [32], "classification"))
 
 
-def test_token_weighted_lm_loss_with_unequal_target_counts(tmp_path):
-    model = tiny_llama(tmp_path).train()
-    rows = random_batch(32, [4, 17, 9, 25, 6], "causal-lm")
+def test_token_weighted_lm_loss_with_unequal_target_counts(llama):
+    model = llama.train()
+    rows = feature_rows(32, [4, 17, 9, 25, 6], "causal-lm")
     micro = window_grads(model, rows, [8, 8, 8, 8], "causal-lm")
     assert_grads_equal(micro, window_grads(model, rows, [32], "causal-lm"))
     # The per-micro-batch mean would differ here: the micro-batches hold different numbers of target tokens.
@@ -47,20 +47,20 @@ def test_token_weighted_lm_loss_with_unequal_target_counts(tmp_path):
     assert len(set(counts)) > 1
 
 
-def test_partial_last_window(tmp_path):
-    model = tiny_llama(tmp_path).train()
-    rows = random_batch(20, [4, 11, 7], "causal-lm")
+def test_partial_last_window(llama):
+    model = llama.train()
+    rows = feature_rows(20, [4, 11, 7], "causal-lm")
     assert_grads_equal(window_grads(model, rows, [8, 8, 4], "causal-lm"),
                        window_grads(model, rows, [20], "causal-lm"))
 
 
-def test_whole_run_with_accumulation_matches_big_batches(tmp_path):
+def test_whole_run_with_accumulation_matches_big_batches(train_config):
     """The recipe with 4 × 8 and 1 × 32 (100 examples: a short last window of one micro-batch) ends with the same
     weights (SGD, so that equal gradients give equal updates). The token weighting of causal-LM windows is
     checked on backward_window above; the windows themselves do not depend on the task kind."""
     finals = []
     for batch_size, accum in ((8, 4), (32, 1)):
-        config = cli_config(tmp_path, f"b{batch_size}", n_train=100, dropout=0.0, batch_size=batch_size,
+        config = train_config(f"b{batch_size}", n_train=100, dropout=0.0, batch_size=batch_size,
                             grad_accum=accum, group_by_length=False, eval_each_epoch=False, clip=0.0)
         recipe = Recipe(config)
         recipe.setup()

@@ -7,7 +7,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from trainkit import collate, random_batch, tiny_bert
+from kit import collate, feature_rows
 
 from minift.optim import build_optimizer, build_scheduler
 from minift.peft import apply
@@ -26,12 +26,12 @@ from minift.train.checkpoint import (
 )
 
 
-def trained(tmp_path, steps=3):
-    model = tiny_bert(tmp_path).train()
+def trained(bert, steps=3):
+    model = bert().train()
     optimizer = build_optimizer(model, 1e-3, 0.01)
     scheduler = build_scheduler(optimizer, "cosine", 0.2, 10)
     scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
-    batch = collate(random_batch(8, [5, 9], "classification"))
+    batch = collate(feature_rows(8, [5, 9], "classification"))
     for _ in range(steps):
         loss = torch.nn.functional.cross_entropy(model(input_ids=batch["input_ids"]), batch["labels"])
         scaler.scale(loss).backward()
@@ -42,8 +42,8 @@ def trained(tmp_path, steps=3):
     return model, optimizer, scheduler, scaler
 
 
-def test_optimizer_state_round_trips_exactly(tmp_path):
-    _, optimizer, _, _ = trained(tmp_path)
+def test_optimizer_state_round_trips_exactly(bert):
+    _, optimizer, _, _ = trained(bert)
     tensors, info = flatten_optimizer(optimizer)
     json.dumps(info)  # everything that is not a tensor is plain JSON
     restored = unflatten_optimizer(tensors, json.loads(json.dumps(info)))
@@ -63,12 +63,12 @@ def test_rng_states_round_trip():
     assert torch.equal(expected[0], again[0]) and np.array_equal(expected[1], again[1]) and expected[2] == again[2]
 
 
-def test_checkpoint_is_pickle_free_and_restores_everything(tmp_path):
-    model, optimizer, scheduler, scaler = trained(tmp_path)
+def test_checkpoint_is_pickle_free_and_restores_everything(tmp_path, bert):
+    model, optimizer, scheduler, scaler = trained(bert)
     folder = save_checkpoint(tmp_path / "ck", model, optimizer, scheduler, scaler, {"step": 3, "epoch": 0})
     assert sorted(p.suffix for p in folder.iterdir()) == [".json", ".json", ".safetensors", ".safetensors",
                                                            ".safetensors"]
-    fresh, fresh_opt, fresh_sched, fresh_scaler = trained(tmp_path / "other", steps=1)
+    fresh, fresh_opt, fresh_sched, fresh_scaler = trained(bert, steps=1)
     loop = load_checkpoint(tmp_path / "ck", fresh, fresh_opt, fresh_sched, fresh_scaler)
     assert loop == {"step": 3, "epoch": 0}
     for (name, a), b in zip(model.state_dict().items(), fresh.state_dict().values()):
@@ -78,8 +78,8 @@ def test_checkpoint_is_pickle_free_and_restores_everything(tmp_path):
     assert fresh_opt.param_groups[0]["lr"] == optimizer.param_groups[0]["lr"]
 
 
-def test_new_checkpoint_replaces_the_old_one_and_latest_points_to_it(tmp_path):
-    model, optimizer, scheduler, scaler = trained(tmp_path)
+def test_new_checkpoint_replaces_the_old_one_and_latest_points_to_it(tmp_path, bert):
+    model, optimizer, scheduler, scaler = trained(bert)
     save_checkpoint(tmp_path / "checkpoints", model, optimizer, scheduler, scaler, {"step": 3})
     save_checkpoint(tmp_path / "checkpoints", model, optimizer, scheduler, scaler, {"step": 5})
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["latest.json", "step-5"]
@@ -96,10 +96,10 @@ def test_atomic_write_leaves_no_partial_file(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["state.json"]
 
 
-def test_resume_errors_are_clear(tmp_path):
+def test_resume_errors_are_clear(tmp_path, bert):
     with pytest.raises(CheckpointLoadError, match="no checkpoint found"):
         find_checkpoint(tmp_path)
-    model, optimizer, scheduler, scaler = trained(tmp_path)
+    model, optimizer, scheduler, scaler = trained(bert)
     save_checkpoint(tmp_path / "ck", model, optimizer, scheduler, scaler, {"step": 3})
     for p in model.bert.parameters():
         p.requires_grad_(False)  # a different method: the trainable set no longer matches
@@ -107,10 +107,10 @@ def test_resume_errors_are_clear(tmp_path):
         load_checkpoint(tmp_path / "ck", model, optimizer, scheduler, scaler)
 
 
-def test_resume_with_fewer_processes_is_refused(tmp_path):
+def test_resume_with_fewer_processes_is_refused(tmp_path, bert):
     """A checkpoint of a 2-process run (one RNG file per process) resumed by 1 process would shard the data
     differently: refused (with more processes, rank 1's file is missing: refused too)."""
-    model, optimizer, scheduler, scaler = trained(tmp_path)
+    model, optimizer, scheduler, scaler = trained(bert)
     folder = save_checkpoint(tmp_path / "ck", model, optimizer, scheduler, scaler, {"step": 3})
     for suffix in (".safetensors", ".json"):
         shutil.copy(folder / f"rng-rank0{suffix}", folder / f"rng-rank1{suffix}")
@@ -128,10 +128,10 @@ def _perturbed(model, seed):
 
 
 @pytest.mark.parametrize("method", ["full", "lora"])
-def test_best_weights_are_replaced_atomically_and_reload_exactly(tmp_path, method):
+def test_best_weights_are_replaced_atomically_and_reload_exactly(tmp_path, bert, method):
     """save_weights writes the final format (an HF folder / a PEFT folder) through best.tmp and a rename; a second
     save replaces the first; load_weights puts exactly those weights back into a model that trained on."""
-    model = tiny_bert(tmp_path)
+    model = bert()
     if method == "lora":
         model = apply(model, "lora", r=4, targets=["query", "value"])
     _perturbed(model, 1)

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from kit import cli_assets
 from safetensors.torch import load_file
-from trainkit import tiny_cli_assets
 
 from minift.train.__main__ import main
 from minift.train.build import build_task
@@ -29,7 +29,7 @@ def common(model, task, out, *extra):
 
 
 def test_unknown_task_is_a_clear_error(tmp_path, capsys):
-    model, _ = tiny_cli_assets(tmp_path)
+    model, _ = cli_assets(tmp_path)
     assert main(common(model, "no_such_task", tmp_path / "run")) == 2
     err = capsys.readouterr().err
     assert "no_such_task" in err and "agnews" in err  # names the task and lists the known ones
@@ -42,7 +42,7 @@ def test_unknown_method_is_rejected(capsys):
 
 
 def test_not_a_model_folder(tmp_path, capsys):
-    _, task = tiny_cli_assets(tmp_path)
+    _, task = cli_assets(tmp_path)
     (tmp_path / "empty").mkdir()
     assert main(common(tmp_path / "empty", task, tmp_path / "run")) == 2
     assert "not a model folder" in capsys.readouterr().err
@@ -61,7 +61,7 @@ def _final_weights(run: Path) -> dict:
 
 @pytest.mark.slow
 def test_ctrl_c_saves_a_checkpoint_and_resume_is_bit_identical(tmp_path):
-    model, task = tiny_cli_assets(tmp_path)
+    model, task = cli_assets(tmp_path)
     args = ["--epochs", "3"]
     interrupted = _spawn(common(model, task, tmp_path / "a", *args))
     log = tmp_path / "a" / "metrics.jsonl"
@@ -90,7 +90,7 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_is_bit_identical(tmp_path):
 
 @pytest.mark.slow
 def test_seeds_write_mean_and_std_tables(tmp_path):
-    model, task = tiny_cli_assets(tmp_path)
+    model, task = cli_assets(tmp_path)
     assert main(common(model, task, tmp_path / "seeds", "--seeds", "3,4", "--epochs", "1")) == 0
     summaries = [json.loads((tmp_path / "seeds" / f"seed-{s}" / "summary.json").read_text()) for s in (3, 4)]
     assert [s["seed"] for s in summaries] == [3, 4]
@@ -108,7 +108,7 @@ def test_seeds_write_mean_and_std_tables(tmp_path):
 @pytest.mark.slow
 def test_torchrun_two_processes_match_one_process(tmp_path):
     """2 processes × batch 4 (gloo) and 1 process × batch 8: same global batches, same final metrics."""
-    model, task = tiny_cli_assets(tmp_path, dropout=0.0)
+    model, task = cli_assets(tmp_path, dropout=0.0)
     base = common(model, task, tmp_path / "ddp", "--epochs", "2", "--device", "cpu")
     base[base.index("--batch-size") + 1] = "4"
     ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
@@ -132,7 +132,7 @@ def _summary(run: Path) -> dict:
 def test_resume_alone_continues_the_run_with_its_own_config(tmp_path, capsys):
     """``--resume RUN_DIR`` with no other flag: the run's batch size (not the default 32), no extra step after
     ``--max-steps``, the saved config kept; raising the limit trains on; a different batch size is refused."""
-    model, task = tiny_cli_assets(tmp_path, n_train=32, n_test=8)
+    model, task = cli_assets(tmp_path, n_train=32, n_test=8)
     run = tmp_path / "run"
     assert main(common(model, task, run, "--batch-size", "4", "--max-steps", "3")) == 0
     saved = (run / "config.json").read_text()
@@ -153,7 +153,7 @@ def test_resume_alone_continues_the_run_with_its_own_config(tmp_path, capsys):
 def test_file_task_columns_and_kind(tmp_path):
     """--text-column / --text-pair-column / --label-column / --task-kind reach the file: reader: labels 0.5 / 1.5
     would be read as a regression target; --task-kind classification makes them two classes."""
-    model, _ = tiny_cli_assets(tmp_path, n_train=8, n_test=8)
+    model, _ = cli_assets(tmp_path, n_train=8, n_test=8)
     for split in ("train", "dev", "test"):
         rows = ["premise,hypothesis,gold,other"] + [f"w{i} w7,w{i + 1},{0.5 + i % 2},x" for i in range(8)]
         (tmp_path / f"pairs_{split}.csv").write_text("\n".join(rows) + "\n")
@@ -177,7 +177,7 @@ def test_file_task_columns_and_kind(tmp_path):
     (["--method", "adapter", "--adapter-size", "0"], "adapter size must be a positive integer"),
     (["--method", "lora", "--precision", "bf16-pure", "--lora-dropout", "1.5"], "LoRA dropout")])
 def test_bad_peft_options_are_one_line_errors(tmp_path, capsys, extra, message):
-    model, task = tiny_cli_assets(tmp_path)
+    model, task = cli_assets(tmp_path)
     assert main(common(model, task, tmp_path / "run", *extra)) == 2
     err = capsys.readouterr().err
     assert message in " ".join(err.split()) and "Traceback" not in err

@@ -5,9 +5,8 @@ import json
 
 import pytest
 import torch
+from kit import collate
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-from trainkit import collate, tiny_bert, tiny_llama
-from transformers import LlamaForCausalLM
 
 from minift.data import (
     IGNORE_INDEX,
@@ -27,9 +26,9 @@ from minift.train.evaluate import evaluate, generate_labels, generated_tokens, p
 CPU = torch.device("cpu")
 
 
-def test_batched_greedy_generation_matches_transformers(tmp_path):
-    model = tiny_llama(tmp_path).eval()
-    reference = LlamaForCausalLM.from_pretrained(tmp_path / "llama").eval()
+def test_batched_greedy_generation_matches_transformers(tiny):
+    checkpoint = tiny("llama", "causal-lm")
+    model, reference = checkpoint.load().eval(), checkpoint.hf
     g = torch.Generator().manual_seed(3)
     prompts = [torch.randint(1, 100, (t,), generator=g) for t in (3, 8, 5)]
     batch = collate([{"input_ids": p, "labels": torch.tensor(0)} for p in prompts])  # right-padded
@@ -43,8 +42,8 @@ def test_batched_greedy_generation_matches_transformers(tmp_path):
         assert generated == expected
 
 
-def test_token_predictions_use_labelled_positions_only(tmp_path):
-    model = tiny_bert(tmp_path, num_labels=5, head="token-classification")
+def test_token_predictions_use_labelled_positions_only(bert):
+    model = bert("token-classification", num_labels=5)
     rows = [{"input_ids": torch.randint(1, 100, (t,)),
              "labels": torch.tensor([IGNORE_INDEX] + [1, IGNORE_INDEX, 3] * (t // 3))[:t]} for t in (7, 4)]
     batch = collate(rows)

@@ -4,7 +4,7 @@ import json
 
 import pytest
 import torch
-from trainkit import tiny_cli_assets
+from kit import cli_assets
 
 from minift.data.metrics import compute_metrics
 from minift.data.tokenizer import load_tokenizer
@@ -22,7 +22,7 @@ from minift.train.evaluate import predict
     ("bitfit", []), ("prompt", ["--prompt-length", "4"]),
     ("prompt", ["--prompt-length", "4", "--prompt-init", "text", "--prompt-text", "w7 w3"])])
 def test_method_trains_and_best_weights_reload(tmp_path, method, extra):
-    model_dir, task_spec = tiny_cli_assets(tmp_path)
+    model_dir, task_spec = cli_assets(tmp_path)
     out = tmp_path / "run"
     args = ["--task", task_spec, "--model", str(model_dir), "--method", method, "--max-steps", "4",
             "--eval-every", "2", "--batch-size", "8", "--max-length", "32", "--output-dir", str(out),

@@ -2,7 +2,6 @@
 import pytest
 import torch
 from torch import nn
-from trainkit import tiny_bert, tiny_llama
 from transformers import optimization as hf
 
 from minift.optim import build_optimizer, build_scheduler, param_groups
@@ -17,8 +16,8 @@ def _group_ids(model):
     return {names[i] for i in decay}, {names[i] for i in no_decay}
 
 
-def test_bert_biases_and_layernorms_are_not_decayed(tmp_path):
-    model = tiny_bert(tmp_path)
+def test_bert_biases_and_layernorms_are_not_decayed(bert):
+    model = bert()
     decay, no_decay = _group_ids(model)
     assert decay and no_decay and not decay & no_decay
     assert decay | no_decay == {n for n, _ in model.named_parameters()}
@@ -26,8 +25,8 @@ def test_bert_biases_and_layernorms_are_not_decayed(tmp_path):
     assert all(n.endswith("weight") and "LayerNorm" not in n for n in decay)
 
 
-def test_llama_rmsnorm_weights_are_not_decayed(tmp_path):
-    model = tiny_llama(tmp_path)
+def test_llama_rmsnorm_weights_are_not_decayed(llama):
+    model = llama
     decay, no_decay = _group_ids(model)
     assert {n for n in no_decay} == {n for n in decay | no_decay if "norm" in n}
 
@@ -43,8 +42,8 @@ def test_structure_not_names():
     assert decay == {"LayerNorm.weight"} and no_decay == {"proj.weight", "proj.bias", "LayerNorm.bias"}
 
 
-def test_frozen_parameters_are_left_out(tmp_path):
-    model = tiny_bert(tmp_path)
+def test_frozen_parameters_are_left_out(bert):
+    model = bert()
     for p in model.bert.parameters():
         p.requires_grad_(False)
     optimizer = build_optimizer(model, 1e-3, 0.01, (0.8, 0.9), 1e-6)

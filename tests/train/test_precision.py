@@ -4,13 +4,12 @@ import json
 
 import pytest
 import torch
-from trainkit import cli_config
 
 from minift.train.recipe import Recipe
 
 
-def train(tmp_path, precision, device):
-    config = cli_config(tmp_path, precision, n_train=48, dropout=0.0, precision=precision, device=device,
+def train(train_config, precision, device):
+    config = train_config(precision, n_train=48, dropout=0.0, precision=precision, device=device,
                         grad_accum=1, epochs=10, lr=3e-3, weight_decay=0.0, schedule="constant", warmup=0.0,
                         log_every=6, eval_each_epoch=False)
     recipe = Recipe(config)
@@ -22,8 +21,8 @@ def train(tmp_path, precision, device):
 
 
 @pytest.mark.parametrize("precision", ["bf16", "bf16-pure"])
-def test_bf16_trains_on_cpu(tmp_path, precision):
-    model, state, losses = train(tmp_path, precision, "cpu")
+def test_bf16_trains_on_cpu(train_config, precision):
+    model, state, losses = train(train_config, precision, "cpu")
     assert state.step == 60 and losses[-1] < 0.5 * losses[0]
     expected = torch.bfloat16 if precision == "bf16-pure" else torch.float32
     assert all(p.dtype == expected for p in model.parameters())
@@ -31,7 +30,7 @@ def test_bf16_trains_on_cpu(tmp_path, precision):
 
 @pytest.mark.cuda
 @pytest.mark.parametrize("precision", ["fp32", "fp16", "bf16", "bf16-pure"])
-def test_precisions_train_on_cuda(tmp_path, precision):
-    _, state, losses = train(tmp_path, precision, "cuda")
+def test_precisions_train_on_cuda(train_config, precision):
+    _, state, losses = train(train_config, precision, "cuda")
     assert state.step == 60 and losses[-1] < 0.5 * losses[0]
     assert state.skipped_steps <= 2  # fp16: at most the first steps while the scale settles
