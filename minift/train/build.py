@@ -1,6 +1,13 @@
 """Turn a ``TrainConfig`` into a model and data: the device, the task, the model with its fine-tuning method, the
 tokenizer, and the encoded train / validation / test features. Only wiring: every piece comes from minift.models,
-minift.peft and minift.data. Usable without training (e.g. to evaluate a model on a task's split).
+minift.peft and minift.data.
+
+``build(config, device)`` is all of it at once, usable without training, e.g. to evaluate a model on a split::
+
+    built = build(config, device)
+    batches = eval_batches(built.data.test, built.data.collate, config.eval_batch_size)
+    metrics = evaluate(built.model, built.task, batches, built.tokenizer, built.data.special.eos, config.precision,
+                       device)  # minift.train.batching / minift.train.evaluate
 """
 from __future__ import annotations
 
@@ -18,7 +25,7 @@ from minift.data.collate import collate
 from minift.data.encode import encode, encode_causal_lm
 from minift.data.example import KINDS, Task, seeded_split
 from minift.data.tasks import load_task
-from minift.data.tokenizer import SpecialIds, special_ids
+from minift.data.tokenizer import SpecialIds, load_tokenizer, special_ids
 from minift.models import load_pretrained
 from minift.peft.config import Method, PromptConfig
 from minift.precision import param_dtype
@@ -155,3 +162,23 @@ def build_data(config: TrainConfig, task: Task, tokenizer, model_config) -> Data
 
     return Data(task, special, features(train, False), features(val, True), features(task.splits["test"], True),
                 source)
+
+
+@dataclass
+class Built:
+    """A config's task, model and encoded data: what training or an evaluation starts from."""
+
+    task: Task
+    model_path: Path  # the checkpoint folder or .gguf file the model was loaded from
+    tokenizer: object  # the model's ``tokenizers.Tokenizer``
+    model: nn.Module  # on the device, with the method applied
+    data: Data
+
+
+def build(config: TrainConfig, device: torch.device) -> Built:
+    """Load the task, the tokenizer and the model (with its method) of ``config`` and encode the splits."""
+    task = build_task(config)
+    path = resolve_model_path(config)
+    tokenizer = load_tokenizer(path)
+    model = build_model(config, task, path, tokenizer, device)
+    return Built(task, path, tokenizer, model, build_data(config, task, tokenizer, model.config))

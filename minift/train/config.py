@@ -15,7 +15,6 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from minift.data.example import KINDS
 from minift.peft.config import METHODS, AdapterConfig, LoRAConfig, Method, PromptConfig
 from minift.peft.flags import flag, unwrap
 from minift.precision import canonical
@@ -28,7 +27,6 @@ DEFAULT_LR = {"full": 3e-5, "lora": 1e-3, "adapter": 1e-3, "bitfit": 3e-3, "prom
 
 # The file: task options and their defaults (named tasks fix their own columns and kind).
 FILE_TASK_OPTIONS = {"text_column": "text", "text_pair_column": None, "label_column": "label", "task_kind": None}
-FILE_TASK_KINDS = tuple(k for k in KINDS if k in ("classification", "regression"))  # what a file's labels can be
 
 # The TrainConfig fields that hold a method's config, and their types (BitFit has no options).
 METHOD_FIELDS = {"lora": LoRAConfig, "adapter": AdapterConfig, "prompt": PromptConfig}
@@ -107,8 +105,6 @@ class TrainConfig:
         self._check_ranges()
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
             raise TrainConfigError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
-        if self.task_kind is not None:
-            _check_choice("task_kind", self.task_kind, FILE_TASK_KINDS)
         if not self.task.startswith("file:"):
             custom = [name for name, default in FILE_TASK_OPTIONS.items() if getattr(self, name) != default]
             if custom:

@@ -18,19 +18,11 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from minift.data.tokenizer import load_tokenizer
 from minift.optim import build_optimizer, build_scheduler
 from minift.precision import uses_grad_scaler
 from minift.train import distributed, runfolder
 from minift.train.batching import BatchPlan, eval_batches
-from minift.train.build import (
-    build_data,
-    build_model,
-    build_task,
-    pick_device,
-    resolve_model_path,
-    seed_everything,
-)
+from minift.train.build import build, pick_device, seed_everything
 from minift.train.checkpoint import CheckpointLoadError, load_checkpoint, load_weights, save_checkpoint, save_weights
 from minift.train.config import TrainConfig
 from minift.train.evaluate import evaluate
@@ -98,11 +90,9 @@ class Recipe:
         if self.main:
             runfolder.write_config(self.out, c, saved)
 
-        self.task = build_task(c)
-        self.model_path = resolve_model_path(c)
-        self.tokenizer = load_tokenizer(self.model_path)
-        self.model = build_model(c, self.task, self.model_path, self.tokenizer, self.device)
-        self.data = build_data(c, self.task, self.tokenizer, self.model.config)
+        built = build(c, self.device)
+        self.task, self.model_path, self.tokenizer, self.model, self.data = (built.task, built.model_path,
+                                                                             built.tokenizer, built.model, built.data)
         self.plan = BatchPlan([len(f["input_ids"]) for f in self.data.train],
                               lambda idx: self.data.collate([self.data.train[i] for i in idx]), c.batch_size, c.seed,
                               c.group_by_length, distributed.rank(), distributed.world_size())

@@ -109,7 +109,7 @@ def test_wrong_yaml_types(tmp_path, yaml_text, fragment):
     ({"lr": -1.0}, "lr"), ({"betas": [0.9]}, "betas"), ({"val_fraction": 1.0}, "val_fraction"),
     ({"method": "dora"}, "method"), ({"schedule": "step"}, "schedule"), ({"seeds": []}, "seeds"),
     ({"device": "tpu"}, "device"), ({"clip": -1.0}, "clip"), ({"precision": "fp8"}, "precision"),
-    ({"task": "file:x.csv", "task_kind": "ner"}, "task_kind"), ({"text_column": "sentence"}, "--text-column"),
+    ({"text_column": "sentence"}, "--text-column"),
     ({"task_kind": "regression"}, "only for file: tasks"), ({"seeds": [1, 2], "resume": "runs/a"}, "--resume"),
     # the method options are checked by their own dataclass (minift.peft.config), once
     ({"lora": {"r": 0}}, "lora options: LoRA r must be a positive integer"),
