@@ -15,7 +15,7 @@ def _gpu_memory() -> str:
 
 
 class RunProgress:
-    """Shows one run. ``record()`` receives the loop's log records (see ``loop.fit``)."""
+    """Shows one run. ``record()`` receives the recipe's log records (``Recipe.log``: "train" and "eval" dicts)."""
 
     def __init__(self, console: Console | None = None):
         self.console = console or Console(stderr=True)
