@@ -19,7 +19,7 @@ stsb                         stsb/                  5,749 / 1,500 / 1,379; regre
 mrpc                         mrpc/                  3,668 / 408 / 1,725 (test = msr_paraphrase_test.txt)
 financial_phrasebank (fpb)   financial_phrasebank/  3,994 / 842, classification (encoders), no sentence in both
 financial_phrasebank_lm      financial_phrasebank/  the same splits as a causal-LM task (prompt -> label word);
-(fpb_lm)                                            scored by generating (minift.data.lm_eval)
+(fpb_lm)                                            scored by generating (train.evaluate)
 bionlp2004 (jnlpba)          bionlp2004/            18,555 sentences from brat / 3,856 (Genia4EReval1.iob2); NER
 file:PATH                    (PATH itself)          a custom CSV/TSV/JSONL task, see ``minift.data.readers_file``
 ===========================  =====================  ==============================================================

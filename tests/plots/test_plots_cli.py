@@ -102,11 +102,6 @@ def test_missing_matplotlib_says_how_to_install(tmp_path, monkeypatch, capsys):
     assert "pip install 'minift[plot]'" in capsys.readouterr().err
 
 
-def test_old_import_path_re_exports_while_it_exists():
-    old = pytest.importorskip("minift.train.plots")  # goes once minift.train imports minift.plots everywhere
-    assert (old.PlotUnavailable, old.plot_run, old.plot_runs) == (PlotUnavailable, plot_run, plot_runs)
-
-
 def test_plot_runs_overlays_given_runs(tmp_path):
     pytest.importorskip("matplotlib")
     runs = [write_run(tmp_path / "a", seed=1), write_run(tmp_path / "b", seed=2)]
