@@ -2,8 +2,9 @@
 
 Modules are swapped in place (walk ``named_modules``, match, ``setattr(parent, name, new)``, as HF PEFT's
 ``_replace_module``); the model code knows nothing about PEFT. What trains is chosen by structure: the
-``adapter_params()`` of every PEFT module, the head (unless ``train_head=False``) and, for BitFit, every
-``bias`` parameter. Names are never matched by substring to decide what trains.
+``adapter_params()`` of every PEFT module, the head (unless ``train_head=False``), for BitFit every ``bias``
+parameter, and for a LoRA / adapter with ``bias`` (peft's option) every ``bias`` parameter ("all") or those of
+the wrapped layers ("lora_only" / "adapter_only"). Names are never matched by substring to decide what trains.
 """
 from __future__ import annotations
 
@@ -22,9 +23,9 @@ def apply(model: nn.Module, method: str | Method, *, train_head: bool | None = N
     Args:
         model: a ``TaskModel`` (see docs/ARCHITECTURE.md) without PEFT applied.
         method: a ``minift.peft.config.Method``, or a method name with its options as keywords: "lora"
-            (``LoRAConfig``: r, alpha, dropout, targets), "adapter" (``AdapterConfig``: size or reduction_factor,
-            placement, activation), "bitfit" (no options) or "prompt" (``PromptConfig``: length, init, text,
-            token_ids — tokenise an init text yourself and pass its token_ids).
+            (``LoRAConfig``: r, alpha, dropout, targets, bias), "adapter" (``AdapterConfig``: size or
+            reduction_factor, placement, activation, bias), "bitfit" (no options) or "prompt" (``PromptConfig``:
+            length, init, text, token_ids — tokenise an init text yourself and pass its token_ids).
         train_head: whether the head's weights train. Default: True for classification, regression and token
             classification heads; False for a causal-LM head or no head. Under BitFit the head's biases train
             either way.
@@ -51,7 +52,7 @@ def apply(model: nn.Module, method: str | Method, *, train_head: bool | None = N
             raise ValueError("prompt init 'text' needs token_ids: tokenise the text with the model's tokenizer "
                              "(minift.train does it for --prompt-text)")
         model = PromptModel(model, SoftPrompt(cfg.length, model.get_input_embeddings(), cfg.init, cfg.token_ids))
-    _choose_trainable(model, spec.name, train_head)
+    _choose_trainable(model, spec.name, train_head, getattr(cfg, "bias", "none"))
     model.peft_spec = Method(spec.name, cfg, train_head)
     return model
 
@@ -68,9 +69,10 @@ def _as_method(method: str | Method, train_head: bool | None, options: dict) -> 
     return spec
 
 
-def _choose_trainable(model: nn.Module, method: str, train_head: bool) -> None:
-    """``requires_grad`` by structure: the PEFT modules' ``adapter_params()``, the head when it trains, and every
-    bias under BitFit; everything else is frozen."""
+def _choose_trainable(model: nn.Module, method: str, train_head: bool, bias: str = "none") -> None:
+    """``requires_grad`` by structure: the PEFT modules' ``adapter_params()``, the head when it trains, every bias
+    under BitFit or ``bias="all"``, the wrapped layers' own biases under ``bias="lora_only"`` / ``"adapter_only"``
+    (peft's ``bias``: the base layer's bias of each module it replaced); everything else is frozen."""
     base = model.model if isinstance(model, PromptModel) else model
     for p in model.parameters():
         p.requires_grad_(False)
@@ -80,10 +82,14 @@ def _choose_trainable(model: nn.Module, method: str, train_head: bool) -> None:
     if train_head and base.head is not None:
         for p in base.head.parameters():
             p.requires_grad_(True)
-    if method == "bitfit":
+    if method == "bitfit" or bias == "all":
         head_biases = bias_params(base.head) if base.head is not None else {}
         for p in [*bias_params(base.backbone).values(), *head_biases.values()]:
             p.requires_grad_(True)
+    elif bias.endswith("_only"):  # lora_only / adapter_only
+        for module in peft_modules(model).values():
+            if isinstance(getattr(module, "bias", None), nn.Parameter):
+                module.bias.requires_grad_(True)
 
 
 def _resolve_train_head(model: nn.Module, train_head: bool | None) -> bool:

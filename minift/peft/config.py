@@ -14,11 +14,20 @@ TRAINABLE_HEADS = ("classification", "regression", "token-classification")  # he
 PROMPT_INITS = ("random", "vocab", "text")
 ADAPTER_PLACEMENTS = {"houlsby": ("attention", "ffn"), "pfeiffer": ("ffn",)}  # which adapter sites each uses
 ADAPTER_ACTIVATIONS = ("relu", "gelu", "tanh", "silu")
+# Which biases train beside a LoRA / adapter (peft's ``bias``): none; every ``bias`` parameter of the model; or only
+# those of the layers the method wraps (peft's "lora_only"; "adapter_only" is its analogue for adapters).
+LORA_BIASES = ("none", "all", "lora_only")
+ADAPTER_BIASES = ("none", "all", "adapter_only")
 
 
 def _positive_int(name: str, value: Any) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def _choice(name: str, value: Any, choices: tuple) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
 
 
 def _names(value: Any, what: str) -> list[str] | None:
@@ -40,9 +49,11 @@ class LoRAConfig:
     alpha: float = 16.0  # the update is scaled by alpha / r
     dropout: float = 0.05  # dropout on the LoRA path's input
     targets: list[str] | None = None  # module names or dotted suffixes (e.g. query,value); None: the family's defaults
+    bias: str = "none"  # none | all | lora_only: also train every bias of the model, or those of the LoRA layers
 
     def __post_init__(self):
         _positive_int("LoRA r", self.r)
+        _choice("LoRA bias", self.bias, LORA_BIASES)
         if not isinstance(self.alpha, (int, float)) or isinstance(self.alpha, bool) or self.alpha <= 0:
             raise ValueError(f"LoRA alpha must be a positive number, got {self.alpha!r}")
         self.alpha = float(self.alpha)
@@ -60,8 +71,10 @@ class AdapterConfig:
     reduction_factor: float | None = None  # m = hidden_size // reduction_factor (give size or this, not both)
     placement: str = "houlsby"  # houlsby: after the attention and the feed-forward outputs; pfeiffer: feed-forward
     activation: str = "relu"  # relu | gelu | tanh | silu
+    bias: str = "none"  # none | all | adapter_only: also train every bias of the model, or those of the wrapped layers
 
     def __post_init__(self):
+        _choice("adapter bias", self.bias, ADAPTER_BIASES)
         if self.size is not None and self.reduction_factor is not None:
             raise ValueError("give adapter size or reduction_factor, not both "
                              f"(got size={self.size!r}, reduction_factor={self.reduction_factor!r})")
@@ -193,11 +206,12 @@ class Method:
     def label(self) -> str:
         """A short description, e.g. ``lora r=8 (q_proj,v_proj)``."""
         c = self.config
+        bias = f" bias={c.bias}" if getattr(c, "bias", "none") != "none" else ""
         if isinstance(c, LoRAConfig):
-            return f"lora r={c.r}" + (f" ({','.join(c.targets)})" if c.targets else "")
+            return f"lora r={c.r}" + (f" ({','.join(c.targets)})" if c.targets else "") + bias
         if isinstance(c, AdapterConfig):
             size = c.bottleneck_size(0) if c.reduction_factor is None else f"C/{c.reduction_factor:g}"
-            return f"adapter m={size} ({c.placement})"
+            return f"adapter m={size} ({c.placement})" + bias
         if isinstance(c, PromptConfig):
             return f"prompt n={c.length}"
         return self.name

@@ -26,7 +26,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from minift.peft.adapter import AdapterLinear
-from minift.peft.apply import find_peft_spec
+from minift.peft.apply import find_peft_spec, peft_modules
 from minift.peft.lora import LoRALinear
 
 PEFT_TASK_TYPES = {
@@ -87,6 +87,8 @@ def _lora_export(model: nn.Module, options: dict) -> tuple[dict, dict]:
     for key, module in saved.items():
         for pname, p in module.named_parameters():
             tensors[f"base_model.model.{key}.{pname}"] = p
+    bias = options.get("bias", "none")
+    tensors.update(_bias_tensors(model, bias, list(saved), prefix if strip else ""))
     config = {
         "peft_type": "LORA",
         "r": options["r"],
@@ -99,12 +101,31 @@ def _lora_export(model: nn.Module, options: dict) -> tuple[dict, dict]:
         # HF keeps these weights as Conv1D (in, out) (GPT-2's c_attn): peft must merge them transposed
         "fan_in_fan_out": any(re.search(model.family.conv1d, t + ".weight") for t in targets)
         if model.family.conv1d else False,
-        "bias": "none",
+        "bias": bias,
         "init_lora_weights": True,
         "use_rslora": False,
         "use_dora": False,
     }
     return tensors, config
+
+
+def _bias_tensors(model: nn.Module, bias: str, saved: list, strip: str) -> dict:
+    """The biases peft saves for its ``bias`` option, in its layout: every bias of the model ("all") or those of
+    the LoRA layers ("lora_only"); a LoRA layer's under ``<key>.base_layer.bias`` (peft nests the base layer), the
+    others under ``<key>.bias``. Those of ``saved`` (modules_to_save) are already written whole."""
+    if bias == "none":
+        return {}
+    wrapped = set(peft_modules(model))
+    out = {}
+    for name, module in model.named_modules():
+        p = module._parameters.get("bias")
+        if p is None or (bias == "lora_only" and name not in wrapped):
+            continue
+        key = name.removeprefix(strip)
+        if any(key == k or key.startswith(k + ".") for k in saved):
+            continue
+        out[f"base_model.model.{key}.{'base_layer.' if name in wrapped else ''}bias"] = p
+    return out
 
 
 def _prompt_export(wrapper: nn.Module) -> tuple[dict, dict]:
