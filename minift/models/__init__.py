@@ -1,15 +1,17 @@
 """minift.models: our own PyTorch transformer families, loading Hugging Face checkpoint folders.
 
 ``load_pretrained(path, dtype=None, device=None, head=None, num_labels=None)`` → ``TaskModel``;
-``save_pretrained(model, folder)`` writes a folder transformers loads. The layer classes (``BertModel``,
-``RobertaModel``, ``GPT2Model``, ...) are importable from here or from their family module; they are imported
-on first use, so importing ``minift.models`` imports no family.
+``from_config(config_or_preset, head=None, num_labels=None, seed=0)`` → a ``TaskModel`` with seeded random weights
+(no checkpoint needed); ``save_pretrained(model, folder)`` writes a folder transformers loads. The layer classes
+(``BertModel``, ``RobertaModel``, ``GPT2Model``, ...) are importable from here or from their family module; they are
+imported on first use, so importing ``minift.models`` imports no family.
 """
 import importlib
 
 from minift.models.config import ModelConfig
 from minift.models.errors import CheckpointError, ConfigError, ModelLoadError
 from minift.models.load import load_pretrained
+from minift.models.random_init import from_config
 from minift.models.save import save_pretrained
 from minift.models.task_model import TaskModel
 
@@ -59,6 +61,7 @@ __all__ = [
     "RobertaModel",
     "RotaryEmbedding",
     "TaskModel",
+    "from_config",
     "load_pretrained",
     "save_pretrained",
 ]

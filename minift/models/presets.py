@@ -19,13 +19,21 @@ _LLAMA3 = {"model_type": "llama", "vocab_size": 128256, "hidden_act": "silu", "r
 _BERT = {"model_type": "bert", "vocab_size": 30522, "hidden_size": 768, "num_hidden_layers": 12,
          "num_attention_heads": 12, "intermediate_size": 3072, "max_position_embeddings": 512, "type_vocab_size": 2,
          "hidden_act": "gelu", "hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1}
+_ROBERTA = {**_BERT, "model_type": "roberta", "vocab_size": 50265, "max_position_embeddings": 514,
+            "type_vocab_size": 1, "pad_token_id": 1, "layer_norm_eps": 1e-5}
 
 PRESETS: dict[str, dict] = {
     # bert-base-uncased (google-bert/bert-base-uncased config.json): 109,482,240 parameters with the pooler.
     "bert-base": dict(_BERT),
+    # google-bert/bert-base-uncased under its hub name (the same shape).
+    "bert-base-uncased": dict(_BERT),
+    # allenai/scibert_scivocab_uncased: BERT-base with its 31,090-token SciVocab; 109,918,464 with the pooler.
+    "scibert": {**_BERT, "vocab_size": 31090},
     # FacebookAI/roberta-base: 124,645,632 parameters with the pooler.
-    "roberta-base": {**_BERT, "model_type": "roberta", "vocab_size": 50265, "max_position_embeddings": 514,
-                     "type_vocab_size": 1, "pad_token_id": 1, "layer_norm_eps": 1e-5},
+    "roberta-base": dict(_ROBERTA),
+    # FacebookAI/roberta-large: 355,359,744 parameters with the pooler.
+    "roberta-large": {**_ROBERTA, "hidden_size": 1024, "num_hidden_layers": 24, "num_attention_heads": 16,
+                      "intermediate_size": 4096},
     # openai-community/gpt2: 124,439,808 parameters.
     "gpt2": {"model_type": "gpt2", "vocab_size": 50257, "n_embd": 768, "n_layer": 12, "n_head": 12,
              "n_positions": 1024, "activation_function": "gelu_new"},
