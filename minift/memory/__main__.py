@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
+import traceback
 
 from rich.console import Console
 
@@ -85,6 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--profile", action="store_true", help="also run real steps on the CUDA GPU and compare")
     p.add_argument("--steps", type=int, default=3, help="steps to profile (the last one is measured)")
+    p.add_argument("--debug", action="store_true",
+                   help="show the traceback of an error, for a bug report (also: MINIFT_DEBUG=1)")
     return p
 
 
@@ -111,8 +115,24 @@ def _estimate(config, method: Method, setup: Setup) -> Estimate | Unrunnable:
         return Unrunnable(method.label(), str(e))
 
 
+def _error(message: str, debug: bool) -> None:
+    """One line naming what is wrong; with ``--debug`` (or ``MINIFT_DEBUG=1``) the traceback first."""
+    if debug:
+        traceback.print_exc()
+    print(f"error: {message}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.debug = args.debug or os.environ.get("MINIFT_DEBUG", "0") not in ("", "0")
+    try:
+        return _main(args)
+    except KeyboardInterrupt:
+        print("stopped: Ctrl-C", file=sys.stderr)
+        return 130
+
+
+def _main(args: argparse.Namespace) -> int:
     console = Console(width=None if sys.stdout.isatty() else 150)
     try:
         config, description = resolve_model(args.model) if args.model else shape_for_params(args.params)
@@ -120,7 +140,10 @@ def main(argv: list[str] | None = None) -> int:
         gpu = parse_gpu(args.gpu) if args.gpu else None
         methods = _methods(args, config, setup)
     except (ValueError, TypeError, ModelLoadError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        _error(str(e), args.debug)
+        return 2
+    except OSError as e:  # a model path that cannot be read
+        _error(f"{e.strerror}: {e.filename}" if e.filename else str(e), args.debug)
         return 2
     rows = [_estimate(config, m, setup) for m in methods]
     runnable = [(r, m) for r, m in zip(rows, methods) if isinstance(r, Estimate)]
@@ -143,11 +166,11 @@ def main(argv: list[str] | None = None) -> int:
               "GPU.", file=sys.stderr)
         status = 1
     if args.profile:
-        status = max(status, _profile(console, config, [m for _, m in runnable], setup, args.steps))
+        status = max(status, _profile(console, config, [m for _, m in runnable], setup, args.steps, args.debug))
     return status
 
 
-def _profile(console: Console, config, methods: list[Method], setup: Setup, steps: int) -> int:
+def _profile(console: Console, config, methods: list[Method], setup: Setup, steps: int, debug: bool = False) -> int:
     from minift.memory.profile import profile_training
     from minift.memory.timeline import profile_training_cpu
 
@@ -163,7 +186,7 @@ def _profile(console: Console, config, methods: list[Method], setup: Setup, step
                 console.print(f"  {phase:28s} measured {human(prof.measured[phase]):>11s}  "
                               f"estimated {human(prof.estimated[phase]):>11s}  error {prof.error(phase):+6.1f}%")
     except RuntimeError as e:
-        print(f"error: {e}", file=sys.stderr)
+        _error(str(e), debug)
         return 2
     return 0
 

@@ -23,6 +23,7 @@ from torch import nn
 
 from minift.data.collate import collate
 from minift.data.encode import encode, encode_causal_lm
+from minift.data.errors import DataError
 from minift.data.example import KINDS, Task, seeded_split
 from minift.data.tasks import load_task
 from minift.data.tokenizer import SpecialIds, load_tokenizer, special_ids
@@ -41,8 +42,13 @@ def pick_device(requested: str) -> torch.device:
     if requested == "auto":
         return torch.device("cuda", local_rank()) if torch.cuda.is_available() else torch.device("cpu")
     if requested.startswith("cuda") and not torch.cuda.is_available():
-        raise TrainSetupError(f"--device {requested}: CUDA is not available here; use --device cpu")
-    return torch.device("cuda", local_rank()) if requested == "cuda" else torch.device(requested)
+        raise TrainSetupError(f"--device {requested}: CUDA is not available here (torch {torch.__version__}"
+                              f"{'' if torch.version.cuda else ', built without CUDA'}); use --device cpu")
+    device = torch.device("cuda", local_rank()) if requested == "cuda" else torch.device(requested)
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise TrainSetupError(f"--device {requested}: this machine has {torch.cuda.device_count()} GPU(s), "
+                              f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+    return device
 
 
 def seed_everything(seed: int) -> None:
@@ -111,7 +117,47 @@ def build_model(config: TrainConfig, task: Task, path: Path, tokenizer, device: 
             model = apply(model, method)
         except (ValueError, TypeError) as err:  # bad options (e.g. --lora-targets naming no module): say so
             raise TrainSetupError(f"--method {config.method}: {err}") from None
+    check_finite(model, path)
     return model.to(device)
+
+
+def check_finite(model: nn.Module, path: Path) -> None:
+    """Refuse weights that hold NaN or inf: every loss would be NaN from the first step on."""
+    bad = [name for name, p in model.named_parameters()
+           if p.is_floating_point() and not p.is_meta and not torch.isfinite(p).all()]
+    if bad:
+        shown = ", ".join(bad[:4]) + (", ..." if len(bad) > 4 else "")
+        raise TrainSetupError(f"--model {path}: {len(bad)} weight tensor(s) hold NaN or inf values ({shown}): the "
+                              "checkpoint is damaged or was saved from a diverged training; use another checkpoint")
+
+
+def check_max_length(config: TrainConfig, task: Task, model: nn.Module, tokenizer) -> None:
+    """Refuse a ``--max-length`` the model cannot take, before training rather than in the final test: its position
+    table (RoBERTa's offset and a soft prompt's virtual tokens count, as the model's own forward counts them) must
+    hold ``max_length`` tokens, plus the tokens generated to evaluate a causal-LM task."""
+    from minift.memory.params import check_length
+    from minift.train.evaluate import max_new_tokens
+
+    generated = max_new_tokens(tokenizer, task.label_words) if task.kind == "causal-lm" else 0
+    method = method_for(config, tokenizer)
+
+    def problem(length: int) -> str:
+        try:
+            check_length(model.config, model.head_kind, method, length + generated)
+        except ValueError as err:
+            return str(err)
+        return ""
+
+    said = problem(config.max_length)
+    if not said:
+        return
+    low, high = 0, config.max_length  # the longest --max-length that fits: problem(low) is "", problem(high) is not
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (middle, high) if not problem(middle) else (low, middle)
+    extra = f" and the {generated} tokens generated to evaluate the task's labels" if generated else ""
+    raise TrainSetupError(f"--max-length {config.max_length}{extra} is too long for {model.config.model_type} model "
+                          f"{resolve_model_path(config)} ({said}): use --max-length {low} or less")
 
 
 @dataclass
@@ -156,12 +202,37 @@ def build_data(config: TrainConfig, task: Task, tokenizer, model_config) -> Data
     train, val, source = split_validation(task, config)
 
     def features(examples, for_eval: bool):
-        if task.kind == "causal-lm" and for_eval:  # prompts only: the label is generated
-            return encode_causal_lm(task, examples, tokenizer, config.max_length, special, with_target=False)
-        return encode(task, examples, tokenizer, config.max_length, special)
+        return encode_split(task, examples, tokenizer, config.max_length, special, for_eval)
 
     return Data(task, special, features(train, False), features(val, True), features(task.splits["test"], True),
                 source)
+
+
+def encode_split(task: Task, examples: list, tokenizer, max_length: int, special: SpecialIds, for_eval: bool) -> list:
+    """The features of one split; a ``max_length`` too short for the special tokens or a label is a
+    ``TrainSetupError`` naming ``--max-length``."""
+    try:
+        if task.kind == "causal-lm" and for_eval:  # prompts only: the label is generated
+            return encode_causal_lm(task, examples, tokenizer, max_length, special, with_target=False)
+        return encode(task, examples, tokenizer, max_length, special)
+    except DataError:
+        raise
+    except ValueError as err:
+        if "max_length" not in str(err):
+            raise
+        raise TrainSetupError(f"--max-length {max_length} is too short for task {task.name!r}: {err}") from None
+
+
+def check_same_training_data(config: TrainConfig, saved_length: int, built: Built) -> None:
+    """A resumed run may change ``--max-length`` only when its training features stay the same (no training example
+    is longer than the shorter length): the checkpoint's position in the data and its weights then still fit."""
+    train, _, _ = split_validation(built.task, config)
+    before = encode_split(built.task, train, built.tokenizer, saved_length, built.data.special, False)
+    if before != built.data.train:
+        changed = sum(a != b for a, b in zip(before, built.data.train))
+        raise TrainSetupError(f"--resume {config.resume}: --max-length {saved_length} → {config.max_length} would "
+                              f"change {changed} training example(s) (they are longer than the shorter length): "
+                              "resume with the run's own --max-length, or start a new run")
 
 
 @dataclass
@@ -181,4 +252,5 @@ def build(config: TrainConfig, device: torch.device) -> Built:
     path = resolve_model_path(config)
     tokenizer = load_tokenizer(path)
     model = build_model(config, task, path, tokenizer, device)
+    check_max_length(config, task, model, tokenizer)
     return Built(task, path, tokenizer, model, build_data(config, task, tokenizer, model.config))

@@ -5,255 +5,365 @@ A checkpoint is a folder ``<run>/checkpoints/step-<N>/`` holding
 - ``trainable.safetensors`` — the parameters that train (``minift.peft.io.trainable_state``: everything with
   ``requires_grad``, so all of them under full fine-tuning; the frozen base is reloaded from the model path),
 - ``optimizer.safetensors`` — every optimizer state tensor, flattened as ``state.<param index>.<name>``,
-- ``rng-rank<R>.safetensors`` — the torch CPU/CUDA generator states (uint8) and numpy's key, per process,
-- ``state.json`` — the rest: optimizer param groups and scalar states, scheduler, GradScaler, python RNG,
-  and the loop's position (epoch, micro-batch, step, best metric, ...).
+- ``rng-rank<R>.safetensors`` / ``rng-rank<R>.json`` — the torch CPU/CUDA, numpy and python generators, per process,
+- ``state.json`` — the rest: optimizer param groups and scalar states, scheduler, GradScaler, and the loop's
+  position (epoch, micro-batch, step, best metric, ...).
 
-Nothing is pickled, so loading a checkpoint cannot run code. Each file is written to a temporary name in the
-same folder, fsync'ed and ``os.replace``'d; the folder is assembled as ``step-<N>.tmp`` and renamed, then
-``latest.json`` is replaced atomically to point at it, so a crash at any moment leaves the previous
-checkpoint usable.
+Nothing is pickled, so loading a checkpoint cannot run code (``savestate.py`` writes the files). The folder is
+assembled as ``step-<N>.tmp`` and renamed; then ``latest.json`` is replaced atomically to name it and the checkpoint
+before it (``{"checkpoint": "step-12", "step": 12, "kept": ["step-12", "step-10"]}``); then every other
+``step-*`` folder is deleted (:func:`prune`: the last :data:`KEEP` are kept, so that a latest checkpoint that cannot
+be read — a disk that filled up, a file truncated by a copy — is skipped on ``--resume`` for the one before it).
+A crash at any moment leaves a usable checkpoint; what an interrupted write leaves (``*.tmp`` folders,
+``.*.tmp-<pid>`` files) is deleted by the next write or the next start (:func:`remove_stale`).
 
 The best weights are written once per improvement in their final format — a ``minift.peft.save_trainable`` folder
 for a PEFT method, a ``minift.models.save_pretrained`` folder for full fine-tuning — by :func:`save_weights`,
-which assembles ``best.tmp/`` and renames it into place; :func:`load_weights` reads them back into the model.
+which assembles ``best.tmp/`` and renames it into place; :func:`load_weights` reads them back into the model, and
+finishes a replacement a crash interrupted (:func:`weights_folder`, :func:`recover_weights`).
 """
 from __future__ import annotations
 
 import json
 import os
-import random
 import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-import torch
 from safetensors.torch import load as st_load
-from safetensors.torch import load_file
-from safetensors.torch import save as st_save
 from torch import nn
 
 from minift.peft.io import load_trainable_state, trainable_state
 from minift.train.distributed import barrier, rank, world_size
+from minift.train.savestate import (
+    atomic_save_tensors,
+    atomic_write_json,
+    capture_rng,
+    flatten_optimizer,
+    fsync_dir,
+    restore_rng,
+    unflatten_optimizer,
+)
 
 LATEST = "latest.json"
+KEEP = 2  # checkpoints kept: the newest and the one before it (None in prune/save_checkpoint: keep all)
+STATE_KEYS = ("optimizer", "scheduler", "scaler", "loop")
 
 
 class CheckpointLoadError(ValueError):
     """A checkpoint folder that is missing files or does not match the model/optimizer being resumed."""
 
 
-def atomic_write_bytes(path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same folder, fsync and ``os.replace``."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
+class CorruptCheckpoint(CheckpointLoadError):
+    """A checkpoint file that is missing or cannot be read (truncated, garbage): an earlier checkpoint may do."""
 
 
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+# --- writing -------------------------------------------------------------------------------------------------------
 
+def save_checkpoint(folder, model: nn.Module, optimizer, scheduler, scaler, loop_state: dict,
+                    keep: int | None = KEEP) -> Path:
+    """Write a resumable checkpoint under ``folder`` (a run's ``checkpoints/``), point ``latest.json`` at it and
+    delete all but the last ``keep`` checkpoints (None: keep every one).
 
-def atomic_write_json(path, obj) -> None:
-    atomic_write_bytes(path, json.dumps(obj, indent=2).encode("utf-8"))
-
-
-def atomic_save_tensors(tensors: dict, path, metadata: dict | None = None) -> None:
-    """Save a name → tensor dict as safetensors, atomically (tensors are copied to contiguous CPU memory)."""
-    cpu = {name: t.detach().to("cpu").contiguous() for name, t in tensors.items()}
-    atomic_write_bytes(path, st_save(cpu, metadata=metadata))
-
-
-# --- optimizer state without pickle ---------------------------------------------------------------------------
-
-def flatten_optimizer(optimizer: torch.optim.Optimizer) -> tuple:
-    """(tensors, json-able dict) holding ``optimizer.state_dict()`` exactly."""
-    state = optimizer.state_dict()
-    tensors, scalars = {}, {}
-    for index, entries in state["state"].items():
-        for key, value in entries.items():
-            if torch.is_tensor(value):
-                tensors[f"state.{index}.{key}"] = value
-            else:
-                scalars.setdefault(str(index), {})[key] = value
-    groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()} for g in state["param_groups"]]
-    return tensors, {"param_groups": groups, "scalars": scalars}
-
-
-def unflatten_optimizer(tensors: dict, info: dict) -> dict:
-    """The inverse of :func:`flatten_optimizer`: a dict for ``optimizer.load_state_dict``."""
-    state: dict = {}
-    for name, value in tensors.items():
-        _, index, key = name.split(".", 2)
-        state.setdefault(int(index), {})[key] = value
-    for index, entries in info["scalars"].items():
-        state.setdefault(int(index), {}).update(entries)
-    groups = [{k: (tuple(v) if k == "betas" else v) for k, v in g.items()} for g in info["param_groups"]]
-    return {"state": state, "param_groups": groups}
-
-
-# --- RNG states ------------------------------------------------------------------------------------------------
-
-def capture_rng() -> tuple:
-    """(tensors, json-able dict) of the torch, CUDA, numpy and python generator states."""
-    tensors = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        for i, s in enumerate(torch.cuda.get_rng_state_all()):
-            tensors[f"cuda.{i}"] = s
-    np_state = np.random.get_state()
-    tensors["numpy.key"] = torch.from_numpy(np_state[1].astype(np.int64))
-    py_version, py_key, py_gauss = random.getstate()
-    info = {"numpy": [np_state[0], int(np_state[2]), int(np_state[3]), float(np_state[4])],
-            "python": [py_version, list(py_key), py_gauss]}
-    return tensors, info
-
-
-def restore_rng(tensors: dict, info: dict) -> None:
-    torch.set_rng_state(tensors["torch"])
-    cuda = [tensors[f"cuda.{i}"] for i in range(len(tensors)) if f"cuda.{i}" in tensors]
-    if cuda and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(cuda)
-    name, pos, has_gauss, cached = info["numpy"]
-    np.random.set_state((name, tensors["numpy.key"].numpy().astype(np.uint32), pos, has_gauss, cached))
-    version, key, gauss = info["python"]
-    random.setstate((version, tuple(key), gauss))
-
-
-# --- whole checkpoints -----------------------------------------------------------------------------------------
-
-def save_checkpoint(folder, model: nn.Module, optimizer, scheduler, scaler, loop_state: dict, keep: int = 1) -> Path:
-    """Write a resumable checkpoint under ``folder`` (a run's ``checkpoints/``) and point ``latest.json`` at it.
-
-    Called on every process under torchrun: each writes its RNG state, process 0 writes the rest.
+    Called on every process under torchrun: each writes its RNG state, process 0 writes the rest. Interrupted (a
+    second Ctrl-C), it removes its half-written folder; the previous checkpoints are untouched.
 
     Args:
         model: the unwrapped model (not the DDP wrapper).
         loop_state: JSON-able position of the loop; must hold ``"step"``.
-        keep: how many checkpoints to keep (older ones are deleted after the new one is in place).
     Returns:
         The checkpoint folder.
     """
     folder = Path(folder)
     step = int(loop_state["step"])
-    final = folder / f"step-{step}"
-    tmp = folder / f"step-{step}.tmp"
+    final, tmp = folder / f"step-{step}", folder / f"step-{step}.tmp"
     if rank() == 0:
         folder.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(tmp, ignore_errors=True)
+        remove_stale(folder)
         tmp.mkdir()
     barrier()
-    rng_tensors, rng_info = capture_rng()
-    atomic_save_tensors(rng_tensors, tmp / f"rng-rank{rank()}.safetensors")
-    atomic_write_json(tmp / f"rng-rank{rank()}.json", rng_info)
-    barrier()
-    if rank() == 0:
-        opt_tensors, opt_info = flatten_optimizer(optimizer)
-        atomic_save_tensors(trainable_state(model), tmp / "trainable.safetensors")
-        atomic_save_tensors(opt_tensors, tmp / "optimizer.safetensors")
-        sched = {k: v for k, v in scheduler.state_dict().items() if k != "lr_lambdas"}
-        atomic_write_json(tmp / "state.json", {"optimizer": opt_info, "scheduler": sched,
-                                               "scaler": scaler.state_dict() if scaler is not None else {},
-                                               "loop": loop_state})
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-        _fsync_dir(folder)
-        atomic_write_json(folder / LATEST, {"checkpoint": final.name, "step": step})
-        old = sorted((p for p in folder.glob("step-*") if p.is_dir() and p != final and not p.name.endswith(".tmp")),
-                     key=lambda p: int(p.name.split("-")[1]))
-        for path in old[:max(0, len(old) - (keep - 1))]:
-            shutil.rmtree(path, ignore_errors=True)
+    try:
+        rng_tensors, rng_info = capture_rng()
+        atomic_save_tensors(rng_tensors, tmp / f"rng-rank{rank()}.safetensors")
+        atomic_write_json(tmp / f"rng-rank{rank()}.json", rng_info)
+        barrier()
+        if rank() == 0:
+            opt_tensors, opt_info = flatten_optimizer(optimizer)
+            atomic_save_tensors(trainable_state(model), tmp / "trainable.safetensors")
+            atomic_save_tensors(opt_tensors, tmp / "optimizer.safetensors")
+            sched = {k: v for k, v in scheduler.state_dict().items() if k != "lr_lambdas"}
+            atomic_write_json(tmp / "state.json", {"optimizer": opt_info, "scheduler": sched,
+                                                   "scaler": scaler.state_dict() if scaler is not None else {},
+                                                   "loop": loop_state})
+            _commit(folder, tmp, final, keep)
+    except BaseException:
+        if rank() == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
     barrier()
     return final
 
 
-def find_checkpoint(path) -> Path:
-    """The checkpoint folder for ``--resume PATH``: a run folder, its ``checkpoints/`` or a ``step-N`` folder."""
+def _commit(folder: Path, tmp: Path, final: Path, keep: int | None) -> None:
+    """Rename the assembled checkpoint into place, record it in ``latest.json`` and prune."""
+    previous = [name for name in kept_names(folder) if name != final.name]
+    shutil.rmtree(final, ignore_errors=True)  # the same step written again after resuming from an earlier one
+    os.replace(tmp, final)
+    fsync_dir(folder)
+    kept = [final.name] + (previous if keep is None else previous[:max(0, keep - 1)])
+    write_latest(folder, kept)
+    prune(folder, kept)
+
+
+def write_latest(folder: Path, kept: list) -> None:
+    """``latest.json``: the newest checkpoint, and the checkpoints kept (newest first)."""
+    atomic_write_json(Path(folder) / LATEST, {"checkpoint": kept[0], "step": step_of(kept[0]), "kept": kept})
+
+
+def prune(folder: Path, kept: list) -> None:
+    """Delete every checkpoint folder of ``folder`` that ``kept`` does not name (a ``--save`` policy decides
+    ``kept``; see :func:`save_checkpoint`)."""
+    for path in Path(folder).glob("step-*"):
+        if path.is_dir() and path.name not in kept and step_of(path.name) is not None:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def remove_stale(folder: Path) -> None:
+    """Delete what interrupted writes left in ``folder``: ``*.tmp`` folders and ``.<name>.tmp-<pid>`` files."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return
+    for path in [*folder.glob("*.tmp"), *folder.glob(".*.tmp-*")]:
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+
+
+def adopt(checkpoint: Path, keep: int | None = KEEP) -> None:
+    """After resuming from ``checkpoint``: make it its folder's latest (checkpoints written after it — unreadable
+    ones, or a branch left behind by resuming from an earlier ``step-N`` — are pruned by the next save), and delete
+    what interrupted writes left."""
+    folder = checkpoint.parent
+    remove_stale(folder)
+    names = kept_names(folder)
+    if names[:1] == [checkpoint.name]:
+        return
+    step = step_of(checkpoint.name)
+    older = [n for n in names or _scan(folder) if (step_of(n) or 0) < step and (folder / n).is_dir()]
+    write_latest(folder, [checkpoint.name] + (older if keep is None else older[:max(0, keep - 1)]))
+
+
+# --- finding and reading -------------------------------------------------------------------------------------------
+
+def step_of(name: str) -> int | None:
+    """N of a ``step-N`` folder name (None for anything else)."""
+    prefix, _, number = name.partition("-")
+    return int(number) if prefix == "step" and number.isdigit() else None
+
+
+def _scan(folder: Path) -> list:
+    """The ``step-N`` folders of ``folder``, newest first."""
+    names = [p.name for p in folder.glob("step-*") if p.is_dir() and step_of(p.name) is not None]
+    return sorted(names, key=step_of, reverse=True)
+
+
+def _read_latest(folder: Path) -> list:
+    """The checkpoint names ``latest.json`` records, newest first; raises ``CorruptCheckpoint`` naming the file."""
+    path = folder / LATEST
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        names = data.get("kept") or [data["checkpoint"]]
+        if not all(isinstance(n, str) and step_of(n) is not None for n in names):
+            raise ValueError(f"names no step-N folder: {names!r}")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+        raise CorruptCheckpoint(f"{path} cannot be read ({type(err).__name__}: {err})") from None
+    return names
+
+
+def kept_names(folder: Path) -> list:
+    """What ``latest.json`` records (newest first), or [] when it is missing or unreadable."""
+    try:
+        return _read_latest(Path(folder)) if (Path(folder) / LATEST).is_file() else []
+    except CorruptCheckpoint:
+        return []
+
+
+def candidates(path) -> tuple:
+    """(checkpoint folders to try for ``--resume PATH``, newest first; problems met on the way). ``PATH`` is a run
+    folder, its ``checkpoints/`` or one ``step-N`` folder (then only that one)."""
     path = Path(path)
-    for candidate in (path, path / "checkpoints"):
-        if (candidate / "state.json").is_file():
-            return candidate
-        latest = candidate / LATEST
-        if latest.is_file():
-            return candidate / json.loads(latest.read_text())["checkpoint"]
+    if (path / "state.json").is_file() or step_of(path.name) is not None:
+        return [path], []
+    folder = path / "checkpoints" if (path / "checkpoints").is_dir() else path
+    problems, named = [], []
+    if (folder / LATEST).is_file():
+        try:
+            named = _read_latest(folder)
+        except CorruptCheckpoint as err:
+            problems.append(str(err))
+    order = named + [n for n in _scan(folder) if n not in named]
+    return [folder / n for n in order], problems
+
+
+def find_checkpoint(path) -> Path:
+    """The checkpoint folder ``--resume PATH`` tries first: a run folder, its ``checkpoints/`` or a ``step-N``."""
+    found, _ = candidates(path)
+    if not found:
+        raise CheckpointLoadError(f"no checkpoint found at {path}: pass the run folder of an earlier run "
+                                  f"(it holds checkpoints/{LATEST}), or a checkpoints/step-N folder")
+    return found[0]
+
+
+@dataclass
+class Checkpoint:
+    """The files of one checkpoint, read and checked, not yet applied."""
+
+    folder: Path
+    state: dict  # state.json
+    trainable: dict = field(repr=False)  # name → tensor
+    optimizer: dict = field(repr=False)  # flattened optimizer tensors
+    rng: tuple = field(repr=False)  # (tensors, info) of this process
+
+
+def _read(path: Path, reader):
+    if not path.is_file():
+        raise CorruptCheckpoint(f"{path} is missing")
+    try:
+        return reader(path.read_bytes())
+    except Exception as err:  # SafetensorError, JSONDecodeError, UnicodeDecodeError...: the file is damaged
+        raise CorruptCheckpoint(f"{path} cannot be read, it is truncated or corrupt ({type(err).__name__}: "
+                                f"{str(err)[:200]})") from None
+
+
+def read_checkpoint(folder) -> Checkpoint:
+    """Read every file of the checkpoint ``folder`` that this process needs. Raises ``CorruptCheckpoint`` naming
+    the file that is missing or damaged, ``CheckpointLoadError`` when it was written by another number of
+    processes."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise CorruptCheckpoint(f"{folder} is missing")
+    state = _read(folder / "state.json", json.loads)
+    if not isinstance(state, dict) or any(not isinstance(state.get(k), dict) for k in STATE_KEYS) \
+            or not isinstance(state["loop"].get("step"), int):
+        raise CorruptCheckpoint(f"{folder / 'state.json'} is not a checkpoint's state (it needs {STATE_KEYS})")
+    saved_world = len(list(folder.glob("rng-rank*.safetensors")))  # one RNG file per process that wrote it
+    if saved_world != world_size():
+        raise CheckpointLoadError(f"{folder} was written by {saved_world} process(es), this run has {world_size()}: "
+                                  "resume with the same number of processes (the data shards and order depend on it)")
+    rng = (_read(folder / f"rng-rank{rank()}.safetensors", st_load),
+           _read(folder / f"rng-rank{rank()}.json", json.loads))
+    return Checkpoint(folder, state, _read(folder / "trainable.safetensors", st_load),
+                      _read(folder / "optimizer.safetensors", st_load), rng)
+
+
+@dataclass
+class Restored:
+    """What :func:`load_checkpoint` restored: the loop state, from which checkpoint, and the newer ones it skipped
+    because they could not be read (their problems)."""
+
+    loop: dict
+    folder: Path
+    skipped: list
+
+
+def load_checkpoint(path, model: nn.Module, optimizer, scheduler, scaler) -> Restored:
+    """Restore model, optimizer, scheduler, scaler and this process's RNG from the newest readable checkpoint of
+    ``path`` (see :func:`candidates`); a checkpoint that cannot be read is skipped for the one before it."""
+    found, problems = candidates(path)
+    for folder in found:
+        try:
+            checkpoint = read_checkpoint(folder)
+        except CorruptCheckpoint as err:
+            problems.append(str(err))
+            continue
+        _apply(checkpoint, model, optimizer, scheduler, scaler)
+        return Restored(checkpoint.state["loop"], folder, problems)
+    if problems:
+        raise CheckpointLoadError("no readable checkpoint: " + "; ".join(problems) + ". Start a new run (with "
+                                  "--overwrite to reuse the folder), or restore the files from a backup")
     raise CheckpointLoadError(f"no checkpoint found at {path}: pass the run folder of an earlier run "
                               f"(it holds checkpoints/{LATEST}), or a checkpoints/step-N folder")
 
 
-def load_checkpoint(path, model: nn.Module, optimizer, scheduler, scaler) -> dict:
-    """Restore model, optimizer, scheduler, scaler and this process's RNG from a checkpoint.
-
-    Returns:
-        The saved loop state (epoch, micro-batch position, step, best metric, ...).
-    """
-    folder = find_checkpoint(path)
+def _apply(checkpoint: Checkpoint, model: nn.Module, optimizer, scheduler, scaler) -> None:
+    folder, state = checkpoint.folder, checkpoint.state
     try:
-        state = json.loads((folder / "state.json").read_text())
-        trainable = load_file(folder / "trainable.safetensors")
-        opt_tensors = load_file(folder / "optimizer.safetensors")
-    except (OSError, ValueError) as err:
-        raise CheckpointLoadError(f"checkpoint {folder} is incomplete or corrupt ({err}); resume from another "
-                                  "one") from None
-    rng_file = folder / f"rng-rank{rank()}.safetensors"
-    saved_world = len(list(folder.glob("rng-rank*.safetensors")))  # one RNG file per process that wrote it
-    if not rng_file.is_file() or saved_world != world_size():
-        raise CheckpointLoadError(f"{folder} was written by {saved_world} process(es), this run has {world_size()}: "
-                                  "resume with the same number of processes (the data shards and order depend on it)")
+        restore_rng(*checkpoint.rng)  # first: a bad state is refused here and leaves the generators as they were
+    except ValueError as err:
+        raise CheckpointLoadError(f"{folder / f'rng-rank{rank()}.safetensors'} (or .json): {err}") from None
     try:
-        load_trainable_state(model, trainable, str(folder / "trainable.safetensors"))
+        load_trainable_state(model, checkpoint.trainable, str(folder / "trainable.safetensors"))
     except ValueError as err:
         raise CheckpointLoadError(f"{err} Resume with the same model, method and options") from None
     device = next(model.parameters()).device
-    opt_tensors = {k: (v if k.endswith(".step") else v.to(device)) for k, v in opt_tensors.items()}
+    opt_tensors = {k: (v if k.endswith(".step") else v.to(device)) for k, v in checkpoint.optimizer.items()}
     try:
         optimizer.load_state_dict(unflatten_optimizer(opt_tensors, state["optimizer"]))
-    except ValueError as err:
-        raise CheckpointLoadError(f"{folder}: the optimizer state does not fit ({err}); "
+        scheduler.load_state_dict({**scheduler.state_dict(), **state["scheduler"]})
+        if scaler is not None and state["scaler"]:
+            scaler.load_state_dict(state["scaler"])
+    except (ValueError, KeyError, TypeError, IndexError, RuntimeError) as err:
+        raise CheckpointLoadError(f"{folder}: the optimizer state does not fit ({type(err).__name__}: {err}); "
                                   "resume with the same method and options") from None
-    scheduler.load_state_dict({**scheduler.state_dict(), **state["scheduler"]})
-    if scaler is not None and state["scaler"]:
-        scaler.load_state_dict(state["scaler"])
-    restore_rng(st_load(rng_file.read_bytes()), json.loads((folder / f"rng-rank{rank()}.json").read_text()))
-    return state["loop"]
 
 
 # --- the best weights, in their final format -------------------------------------------------------------------
+
+def _aside(folder: Path) -> tuple:
+    return folder.with_name(folder.name + ".tmp"), folder.with_name(folder.name + ".old")
+
 
 def save_weights(model: nn.Module, folder) -> Path:
     """Write what a run delivers to ``folder``, atomically: the ``minift.peft.save_trainable`` folder of a PEFT
     model, else (full fine-tuning) a ``minift.models.save_pretrained`` folder that transformers loads.
 
     The folder is assembled as ``<folder>.tmp`` and renamed into place; the previous one is moved aside to
-    ``<folder>.old`` for that instant and then deleted, so a crash leaves a complete folder under one of the names.
+    ``<folder>.old`` for that instant and then deleted, so a crash leaves a complete folder under one of the names
+    (:func:`recover_weights` puts it back).
     """
     from minift.models import save_pretrained
     from minift.peft import save_trainable
     from minift.peft.apply import find_peft_spec
 
-    folder = Path(folder)
-    tmp, old = folder.with_name(folder.name + ".tmp"), folder.with_name(folder.name + ".old")
-    shutil.rmtree(tmp, ignore_errors=True)
-    if find_peft_spec(model) is not None:
-        save_trainable(model, tmp)
-    else:
-        save_pretrained(model, tmp)
+    folder = recover_weights(folder)
+    tmp, old = _aside(folder)
+    try:
+        if find_peft_spec(model) is not None:
+            save_trainable(model, tmp)
+        else:
+            save_pretrained(model, tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if folder.exists():
-        shutil.rmtree(old, ignore_errors=True)
         os.replace(folder, old)
     os.replace(tmp, folder)
-    _fsync_dir(folder.parent)
+    fsync_dir(folder.parent)
     shutil.rmtree(old, ignore_errors=True)
+    return folder
+
+
+def weights_folder(folder) -> Path:
+    """Where the weights :func:`save_weights` wrote to ``folder`` are, without changing anything: ``folder``, or
+    after a crash between its two renames, the complete ``<folder>.tmp`` (or the previous ``<folder>.old``)."""
+    folder = Path(folder)
+    tmp, old = _aside(folder)
+    if folder.exists() or not old.exists():
+        return folder
+    return tmp if tmp.exists() else old  # the old one was moved aside only once the new one was complete
+
+
+def recover_weights(folder) -> Path:
+    """Finish a :func:`save_weights` a crash interrupted (rename what :func:`weights_folder` finds into place) and
+    delete what it left aside; returns ``folder``."""
+    folder = Path(folder)
+    found, (tmp, old) = weights_folder(folder), _aside(folder)
+    if found != folder:
+        os.replace(found, folder)
+        fsync_dir(folder.parent)
+    for path in (tmp, old):
+        shutil.rmtree(path, ignore_errors=True)
     return folder
 
 
@@ -264,6 +374,7 @@ def load_weights(model: nn.Module, folder) -> nn.Module:
     from minift.peft import load_trainable
     from minift.peft.apply import find_peft_spec
 
+    folder = weights_folder(folder)
     if find_peft_spec(model) is not None:
         return load_trainable(model, folder)
     first = next(model.parameters())

@@ -55,6 +55,7 @@ class TrainConfig:
     label_column: str = "label"  # file: tasks only: the column holding the label
     task_kind: str | None = None  # file: tasks only: classification | regression; None → guessed from the labels
     output_dir: str | None = None  # run folder; None → runs/<task>-<method>-<timestamp>
+    overwrite: bool = False  # let --output-dir name a folder holding another run (its files are deleted at start)
     resume: str | None = None  # a run folder (or its checkpoint folder) to continue exactly, with its saved config
     # --- reproducibility ---
     seed: int = 42  # seeds torch/python/numpy, the head/PEFT init, the shuffling and the validation split
@@ -83,6 +84,8 @@ class TrainConfig:
     val_fraction: float = 0.1  # held out of train (seeded) when the task has no validation split
     early_stopping: int = 0  # stop after this many evaluations without improvement (0 = never)
     log_every: int = 10  # log loss/lr/throughput every N optimizer steps (the only host syncs)
+    save_every_minutes: float = 10.0  # also checkpoint when this long has passed since the last one (0 = never)
+    save_every_steps: int = 0  # also checkpoint every N optimizer steps (0 = only by time, evaluation and stops)
     # --- the method's options (minift.peft.config; used by the matching method only) ---
     lora: LoRAConfig = field(default_factory=LoRAConfig)  # --lora-r, --lora-alpha, --lora-dropout, --lora-targets
     adapter: AdapterConfig = field(default_factory=AdapterConfig)  # --adapter-size, --adapter-placement, ...
@@ -118,7 +121,8 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "grad_accum", "eval_batch_size", "max_length", "log_every"):
             if getattr(self, name) < 1:
                 raise TrainConfigError(f"{name} must be ≥ 1, got {getattr(self, name)}")
-        for name in ("max_steps", "eval_every", "early_stopping", "weight_decay", "clip", "warmup"):
+        for name in ("max_steps", "eval_every", "early_stopping", "weight_decay", "clip", "warmup",
+                     "save_every_minutes", "save_every_steps"):
             if getattr(self, name) < 0:
                 raise TrainConfigError(f"{name} must be ≥ 0, got {getattr(self, name)}")
         if self.warmup >= 1 and self.warmup != int(self.warmup):

@@ -22,11 +22,6 @@ def local_rank() -> int:
     return int(os.environ.get("LOCAL_RANK", "0"))
 
 
-def launch_id(default: str) -> str:
-    """An id every process of one launch shares (torchrun's run id), else ``default``."""
-    return os.environ.get("TORCHELASTIC_RUN_ID", default) if launched_world_size() > 1 else default
-
-
 def init(device: torch.device) -> None:
     """Join the torchrun process group (nccl on CUDA, gloo on CPU); nothing for a single process."""
     if launched_world_size() == 1 or is_initialized():
@@ -79,9 +74,14 @@ def all_sum(value: torch.Tensor) -> torch.Tensor:
 
 def any_process(flag: bool) -> bool:
     """True when ``flag`` is true on any process (the same answer on every process)."""
+    return any_of(flag)[0]
+
+
+def any_of(*flags: bool) -> list:
+    """For each flag, whether it is true on any process: one collective for all of them."""
     if world_size() == 1:
-        return flag
-    return bool(all_sum(torch.tensor([float(flag)])).item())
+        return [bool(f) for f in flags]
+    return [bool(v) for v in all_sum(torch.tensor([float(f) for f in flags])).tolist()]
 
 
 def from_main(flag: bool) -> bool:
@@ -91,6 +91,19 @@ def from_main(flag: bool) -> bool:
     value = torch.tensor([float(flag)], device=collective_device())
     dist.broadcast(value, src=0)
     return bool(value.item())
+
+
+def text_from_main(text: str, size: int = 4096) -> str:
+    """Process 0's ``text`` (at most ``size`` bytes of UTF-8) on every process, e.g. the run folder it created."""
+    if world_size() == 1:
+        return text
+    data = torch.zeros(size, dtype=torch.uint8)
+    if is_main():
+        encoded = list(text.encode("utf-8"))[:size]
+        data[:len(encoded)] = torch.tensor(encoded, dtype=torch.uint8)
+    data = data.to(collective_device())
+    dist.broadcast(data, src=0)
+    return bytes(data.cpu().tolist()).rstrip(b"\0").decode("utf-8")
 
 
 def wrap(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:

@@ -90,6 +90,11 @@ def generated_tokens(model: nn.Module, batches: Sequence[dict], max_new_tokens: 
     return rows
 
 
+def max_new_tokens(tokenizer, label_words: Sequence[str]) -> int:
+    """The tokens generated to evaluate a causal-LM task: as many as the longest label word needs, plus one."""
+    return max(len(tokenizer.encode(" " + word, add_special_tokens=False).ids) for word in label_words) + 1
+
+
 def generate_labels(model: nn.Module, batches: Sequence[dict], tokenizer, label_words: Sequence[str],
                     eos_id: int | None, precision: str, device: torch.device) -> tuple:
     """(predicted class ids, gold class ids) of a causal-LM classification task, by generating the label.
@@ -97,8 +102,7 @@ def generate_labels(model: nn.Module, batches: Sequence[dict], tokenizer, label_
     Generation stops at ``eos_id`` or after as many tokens as the longest label word needs, plus one; the text is
     decoded without special tokens and parsed to the index of the label word it names (-1: none).
     """
-    longest = max(len(tokenizer.encode(" " + word, add_special_tokens=False).ids) for word in label_words)
-    rows = generated_tokens(model, batches, longest + 1, eos_id, precision, device)
+    rows = generated_tokens(model, batches, max_new_tokens(tokenizer, label_words), eos_id, precision, device)
     predictions = [parse_label(tokenizer.decode(tokens, skip_special_tokens=True), label_words)
                    for tokens in rows]
     labels = [label for batch in batches for label in batch["labels"].tolist()]

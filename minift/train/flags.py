@@ -7,9 +7,19 @@ every option of a method config is a flag prefixed with the method's name, gener
 only. Unknown keys and values of the wrong type are errors that name the key (minGPT's ``merge_from_args``, but
 typed and without ``exec``).
 
-``--resume RUN_DIR`` starts instead from the run's saved ``config.json`` and applies only the flags given; flags
-that would change the model, the data order or the restored optimizer state are refused (``RESUME_FIXED``),
-``epochs`` / ``max_steps`` may be raised.
+Paths are saved absolute (``--model``, ``--data-dir`` and the files of ``--task file:...``), so that ``--resume``
+works from any working directory.
+
+``--resume RUN_DIR`` starts instead from the run's saved ``config.json`` and applies only the flags given:
+
+- refused: flags that would change the model, the training data or its order, or the restored optimizer state
+  (all but the settings below);
+- ``--epochs`` / ``--max-steps`` may be raised (``RESUME_RAISABLE``);
+- ``--max-length`` may change when no training example is longer than the shorter of the two lengths, so that the
+  training data stays the same (checked once the data is encoded): this fixes a length too long for the model's
+  positions, which only the evaluation would have hit;
+- free: what is evaluated, logged and saved, and where the run runs (``RESUME_FREE``). ``--clip`` is free too, as a
+  deliberate change of the training from the resumed step on (e.g. after a NaN stop).
 """
 from __future__ import annotations
 
@@ -80,6 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
         allow_abbrev=False,
     )
     parser.add_argument("--config", help="a YAML file of config keys (default: configs/<task>.yaml if present)")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the traceback of an error, for a bug report (also: MINIFT_DEBUG=1)")
     defaults, comments = TrainConfig(), field_comments(TrainConfig)
     for name, annotation in plain_fields().items():
         shown = f"per method, {DEFAULT_LR}" if name == "lr" else getattr(defaults, name)
@@ -106,27 +118,53 @@ def resolve_config(argv: list | None = None) -> TrainConfig:
     """
     args = vars(build_parser().parse_args(argv))
     config_file = args.pop("config", None)
+    args.pop("debug", None)  # read by the command itself (__main__)
     given = nest(args, "command line")
     if given.get("resume"):  # the run's own saved config, then what this command line says
-        return resume_config(given["resume"], merge(load_yaml(config_file) if config_file else {}, given))
+        return resume_config(given["resume"], absolute_paths(merge(load_yaml(config_file) if config_file else {},
+                                                                   given)))
     task = given.get("task", TrainConfig.task)
     yaml_path = Path(config_file) if config_file else task_yaml(task)
     values = load_yaml(yaml_path) if yaml_path is not None else {}
-    return TrainConfig(**merge(values, given))
+    return TrainConfig(**absolute_paths(merge(values, given)))
+
+
+def _absolute(path: str) -> str:
+    return str(Path(path).expanduser().absolute())
+
+
+def absolute_paths(values: dict) -> dict:
+    """``values`` (nested config keys) with ``model``, ``data_dir`` and the files of a ``file:`` task made absolute,
+    so that a run's saved config works from another working directory. A ``file:`` spec is split as
+    ``minift.data.readers_file`` reads it: a path that exists as it is is one path, else a comma-separated list."""
+    out = dict(values)
+    for key in ("model", "data_dir"):
+        if isinstance(out.get(key), str) and Path(out[key]).expanduser().exists():
+            out[key] = _absolute(out[key])
+    task = out.get("task")
+    if isinstance(task, str) and task.startswith("file:"):
+        spec = task[len("file:"):]
+        parts = [spec] if Path(spec).expanduser().exists() else spec.split(",")
+        out["task"] = "file:" + ",".join(_absolute(p) if p and Path(p).expanduser().exists() else p for p in parts)
+    return out
 
 
 # --- resuming a run ------------------------------------------------------------------------------------------------
 
-# What a resumed run must keep from its saved config: these fix the model and its trainable parameters, the data
-# and its order (with the number of processes, checked against the checkpoint), or state the checkpoint restores
-# (the optimizer's hyper-parameters and the schedule), so a different value would be ignored or break the resume.
-# Of the method configs (lora, adapter, prompt) only the run's own method's is compared.
-RESUME_FIXED = ("task", "method", "model", "data_dir", "text_column", "text_pair_column", "label_column",
-                "task_kind", "seed", "batch_size", "grad_accum", "max_length", "group_by_length", "val_fraction",
-                "lr", "weight_decay", "betas", "eps", "schedule", "warmup", "precision", *METHOD_FIELDS,
-                "train_head")
+# What a resumed run may change. Everything else is fixed — it decides the model and its trainable parameters, the
+# training data and its order (with the number of processes, checked against the checkpoint), or state the
+# checkpoint restores (the optimizer's hyper-parameters, the schedule) — so a new setting is fixed until it is listed
+# here. Of the method configs (lora, adapter, prompt) only the run's own method's is compared.
 # Limits a resumed run may raise (to train on), never lower below what the run was started with.
 RESUME_RAISABLE = ("epochs", "max_steps")
+# May change when the training data stays the same (the recipe checks it once the data is encoded).
+RESUME_IF_SAME_DATA = ("max_length",)
+# Free: what is evaluated, logged and saved, and where the run runs; the training is the same (gradient
+# checkpointing recomputes the same numbers). --clip changes the training from the resumed step on, as a deliberate
+# choice (e.g. after a NaN stop).
+RESUME_FREE = ("resume", "seeds", "output_dir", "overwrite", "eval_batch_size", "eval_every", "eval_each_epoch",
+               "early_stopping", "log_every", "save_every_minutes", "save_every_steps", "plot", "device",
+               "gradient_checkpointing", "clip")
 
 
 def run_folder(resume: str) -> Path:
@@ -154,10 +192,11 @@ def resume_config(resume: str, overrides: dict) -> TrainConfig:
     """The config of a resumed run: its saved ``config.json`` with ``overrides`` (the flags given, nested) on top.
 
     ``python -m minift.train --resume RUN_DIR`` alone continues the run as it was configured; flags that would
-    change the model, the data order or the restored optimizer state are refused (see ``RESUME_FIXED``).
+    change the model, the training data or the restored optimizer state are refused (see ``check_resumable``).
     """
     saved = saved_config(resume)
-    config = TrainConfig(**merge({**saved, "resume": resume, "output_dir": str(run_folder(resume))}, overrides))
+    config = TrainConfig(**merge({**saved, "resume": resume, "output_dir": str(run_folder(resume)),
+                                  "overwrite": False}, overrides))
     check_resumable(saved, config)
     return config
 
@@ -165,12 +204,16 @@ def resume_config(resume: str, overrides: dict) -> TrainConfig:
 def _same(name: str, saved, current) -> bool:
     if name in ("model", "data_dir") and saved is not None and current is not None:  # one folder, two spellings
         return Path(saved).expanduser().resolve() == Path(current).expanduser().resolve()
+    if name == "task":  # a file: task's files, spelled relative or absolute
+        return absolute_paths({"task": saved}) == absolute_paths({"task": current})
     return saved == current
 
 
 def _fixed(key: str, method: str) -> bool:
     section = key.partition(".")[0]
-    return section in RESUME_FIXED and (section not in METHOD_FIELDS or section == method)
+    if section in METHOD_FIELDS:
+        return section == method
+    return section not in (*RESUME_RAISABLE, *RESUME_IF_SAME_DATA, *RESUME_FREE)
 
 
 def check_resumable(saved: dict, config: TrainConfig) -> None:
@@ -191,7 +234,7 @@ def check_resumable(saved: dict, config: TrainConfig) -> None:
 
 def same_run_config(saved: dict, config: TrainConfig) -> bool:
     """True when a resumed run's config is its saved one (where it was resumed from is not part of it)."""
-    ignored = ("resume", "output_dir", "seeds")
+    ignored = ("resume", "output_dir", "seeds", "overwrite")
     before = TrainConfig(**{**saved, "resume": None, "seeds": None}).to_dict()
     return {k: v for k, v in before.items() if k not in ignored} == {k: v for k, v in config.to_dict().items()
                                                                       if k not in ignored}

@@ -12,7 +12,10 @@ evaluates and writes the folder, and collectives keep the processes' decisions (
 """
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import math
+import signal
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -22,22 +25,22 @@ from minift.optim import build_optimizer, build_scheduler
 from minift.precision import uses_grad_scaler
 from minift.train import distributed, runfolder
 from minift.train.batching import BatchPlan, eval_batches
-from minift.train.build import build, pick_device, seed_everything
-from minift.train.checkpoint import CheckpointLoadError, load_checkpoint, load_weights, save_checkpoint, save_weights
+from minift.train.build import build, check_same_training_data, pick_device, seed_everything
+from minift.train.checkpoint import (
+    CheckpointLoadError,
+    adopt,
+    load_checkpoint,
+    load_weights,
+    save_checkpoint,
+    save_weights,
+)
 from minift.train.config import TrainConfig
 from minift.train.evaluate import evaluate
 from minift.train.flags import check_resumable, saved_config
-from minift.train.interrupt import StopRequest
+from minift.train.interrupt import Interrupted, StopRequest, exit_status, immediate_stops
 from minift.train.oom import out_of_memory_message
 from minift.train.step import WindowStats, backward_window, optimizer_step, optimizer_steps
-
-
-class TrainingStopped(RuntimeError):
-    """The run ended early on purpose (NaN loss, Ctrl-C); the message says what was kept and how to go on."""
-
-    def __init__(self, message: str, summary: dict):
-        super().__init__(message)
-        self.summary = summary
+from minift.train.stops import TrainingStopped, interrupted_message, nan_message, stopped_outside_loop
 
 
 @dataclass
@@ -53,6 +56,12 @@ class LoopState:
     skipped_steps: int = 0  # fp16 steps skipped by the GradScaler (inf/NaN gradients)
     stopped: str = ""  # why the loop ended: "" (completed), max_steps, early_stopping, nan, interrupted
     history: list = field(default_factory=list)  # the evaluations: dicts with step, epoch and metrics
+    log_window: list = field(default_factory=list)  # the training-log sums since the last log line (WindowStats)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> LoopState:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in names})
 
 
 def total_steps(micro_batches: int, config: TrainConfig) -> int:
@@ -71,28 +80,53 @@ class Recipe:
         self.started = time.time()
 
     def run(self) -> dict:
-        self.setup()
-        self.train()
-        return self.finish()
+        """Set up, train and test. A signal while setting up or testing stops at once (nothing to save then); in
+        the loop the first one checkpoints at the next step (``interrupt.py``)."""
+        with immediate_stops():
+            try:
+                self.setup()
+            except BaseException as err:
+                self.release(failed=True)
+                if isinstance(err, Interrupted):
+                    raise stopped_outside_loop(err.signum, "set-up", getattr(self, "folder", None), {}) from None
+                raise
+            try:
+                self.train()
+                return self.finish()
+            except Interrupted as err:  # during the final test (the loop turns its own into TrainingStopped)
+                raise stopped_outside_loop(err.signum, "test", self.folder, self.summary()) from None
+            finally:
+                self.release(failed=False)
+
+    def release(self, failed: bool) -> None:
+        if getattr(self, "folder", None) is not None:
+            self.folder.release(failed)
+
+    def say(self, text: str) -> None:
+        """A note for the user (process 0, with a display)."""
+        if self.main and self.progress is not None:
+            self.progress.console.print(f"[yellow]note:[/yellow] {text}", markup=True, highlight=False)
 
     # --- setup -------------------------------------------------------------------------------------------------
 
     def setup(self) -> None:
+        """Build everything; the run folder is checked first and written only once everything else has worked."""
         c = self.config
         self.device = pick_device(c.device)
         distributed.init(self.device)
         self.main = distributed.is_main()
+        self.folder = runfolder.claim(c)
+        self.out = self.folder.path
         seed_everything(c.seed)
-        self.out = runfolder.output_dir(c)
         saved = saved_config(c.resume) if c.resume else None
         if saved is not None:  # the run's own config decides; raised limits or new evaluation settings are recorded
             check_resumable(saved, c)
-        if self.main:
-            runfolder.write_config(self.out, c, saved)
 
         built = build(c, self.device)
         self.task, self.model_path, self.tokenizer, self.model, self.data = (built.task, built.model_path,
                                                                              built.tokenizer, built.model, built.data)
+        if saved is not None and saved.get("max_length", c.max_length) != c.max_length:
+            check_same_training_data(c, saved["max_length"], built)
         self.plan = BatchPlan([len(f["input_ids"]) for f in self.data.train],
                               lambda idx: self.data.collate([self.data.train[i] for i in idx]), c.batch_size, c.seed,
                               c.group_by_length, distributed.rank(), distributed.world_size())
@@ -103,33 +137,48 @@ class Recipe:
         self.scheduler = build_scheduler(self.optimizer, c.schedule, c.warmup, self.total_steps)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=uses_grad_scaler(c.precision))
         self.trained = distributed.wrap(self.model, self.device)  # DDP under torchrun, else the model itself
-        self.state = LoopState()
+        self.state, restored = LoopState(), None
         if c.resume:
-            self.state = LoopState(**load_checkpoint(c.resume, self.model, self.optimizer, self.scheduler,
-                                                     self.scaler))
-            if self.main:
-                runfolder.truncate_log(self.out, self.state.step)
+            restored = load_checkpoint(c.resume, self.model, self.optimizer, self.scheduler, self.scaler)
+            self.state = LoopState.from_dict(restored.loop)
+        self.saved_step = self.state.step if restored is not None else None  # the step of the newest checkpoint
+        self.folder.open(c, saved, self.state.step)  # set-up worked: the first write into the run folder
+        if restored is not None and restored.skipped:
+            self.say(f"{'; '.join(restored.skipped)}: resumed from {restored.folder} instead")
+        if restored is not None and self.main and self.folder.resumed_here:
+            adopt(restored.folder)
 
     # --- the loop ----------------------------------------------------------------------------------------------
 
     def train(self) -> LoopState:
-        """Train until the epochs or ``max_steps`` are done, early stopping triggers, the loss is NaN or Ctrl-C."""
+        """Train until the epochs or ``max_steps`` are done, early stopping triggers, the loss is NaN or a signal
+        (Ctrl-C, SIGTERM, SIGHUP) asks to stop; a second signal raises ``TrainingStopped`` at once."""
         c, state = self.config, self.state
         self._decide_resumed_stop()
         self.stats = WindowStats(self.device)
-        self.last_log = time.perf_counter()
+        if state.log_window:  # resumed between two log lines: the next line averages the same steps
+            self.stats.loss.fill_(state.log_window[0])
+            self.stats.targets, self.stats.examples, self.stats.tokens = state.log_window[1:]
+        self.last_log, self.last_save = time.perf_counter(), time.monotonic()
+        self.finite_step = state.step  # the last step whose loss was seen finite (a checkpoint's always was)
         self.trained.train()
         if self.progress is not None and self.main:
             self.progress.start(self.total_steps, f"{self.task.name} · {c.method} · seed {c.seed}", state.step)
         try:
-            with StopRequest() as interrupt:
+            with StopRequest() as self.interrupt:
                 while state.epoch < c.epochs and not state.stopped:
-                    self.train_epoch(interrupt)
+                    self.train_epoch()
+                if state.stopped != "nan":
+                    self.checkpoint()  # the end of training is always resumable (e.g. a crash in the final test)
         except torch.cuda.OutOfMemoryError:
             raise MemoryError(out_of_memory_message(self.model, c, self.device)) from None
+        except Interrupted as err:
+            raise TrainingStopped(interrupted_message(err.signum, self.out, state.step, at_once=True),
+                                  self.summary(), exit_status(err.signum)) from None
         finally:
             if self.progress is not None and self.main:
-                self.progress.stop()
+                with contextlib.suppress(OSError):  # a terminal closed by SIGHUP
+                    self.progress.stop()
         self.count_skipped()
         return state
 
@@ -144,7 +193,7 @@ class Recipe:
         elif c.early_stopping and state.bad_evals >= c.early_stopping:
             state.stopped = "early_stopping"
 
-    def train_epoch(self, interrupt: StopRequest) -> None:
+    def train_epoch(self) -> None:
         """The optimizer steps of the current epoch from the current position, until the epoch ends or a stop."""
         c, state = self.config, self.state
         batches = self.plan.epoch(state.epoch)
@@ -163,20 +212,20 @@ class Recipe:
             state.micro = start + len(window)
             if state.micro >= len(batches):  # the epoch is done: the position moves to the next one
                 state.epoch, state.micro = state.epoch + 1, 0
-            self.after_step(interrupt)
+            self.after_step()
             if state.stopped:
                 return
 
-    def after_step(self, interrupt: StopRequest) -> None:
-        """What follows an optimizer step when it is due: the log line, validation and a checkpoint, the Ctrl-C
-        stop. A NaN/inf loss stops the run first, so a broken model is never evaluated or checkpointed."""
+    def after_step(self) -> None:
+        """What follows an optimizer step when it is due: the log line, validation and a checkpoint, a stop asked by
+        a signal. A NaN/inf loss stops the run first, so a broken model is never evaluated or checkpointed; it is
+        looked for at step 1 too, where it says that the data, the weights or the precision are at fault."""
         c, state = self.config, self.state
         epoch_ended = state.micro == 0
         finishing = bool(c.max_steps) and state.step >= c.max_steps
         validate = (c.eval_every and state.step % c.eval_every == 0) or (epoch_ended and c.eval_each_epoch)
         log = state.step % c.log_every == 0 or state.step == self.total_steps
-        if (log or validate or finishing) and self.stats.loss_is_bad():
-            state.stopped = "nan"
+        if (log or validate or finishing or state.step == 1) and self.loss_went_bad():
             return
         if log:
             self.log_training()
@@ -186,12 +235,24 @@ class Recipe:
             elif finishing:
                 state.stopped = "max_steps"
             self.checkpoint()  # after the stop is decided, so that resuming a finished run does not train on
-        if not state.stopped and interrupt.agreed():
-            if self.stats.loss_is_bad():
-                state.stopped = "nan"
-                return
+        if state.stopped:
+            return
+        minutes = c.save_every_minutes
+        timed = self.main and minutes > 0 and time.monotonic() - self.last_save >= 60 * minutes
+        stop, save = self.interrupt.poll(timed)  # process 0's clock and any process's signal, agreed by all
+        save = save or (c.save_every_steps > 0 and state.step % c.save_every_steps == 0)
+        if (stop or save) and not self.loss_went_bad():
             self.checkpoint()
-            state.stopped = "interrupted"
+            if stop:
+                state.stopped = "interrupted"
+
+    def loss_went_bad(self) -> bool:
+        """Whether any process's loss was NaN/inf since training started (a host sync); then the run stops."""
+        if self.stats.loss_is_bad():
+            self.state.stopped = "nan"
+            return True
+        self.finite_step = self.state.step
+        return False
 
     def count_skipped(self) -> None:
         """fp16 steps the GradScaler skipped: the loop's steps the optimizer did not make (its own count)."""
@@ -248,8 +309,14 @@ class Recipe:
                         self.config.precision, self.device)
 
     def checkpoint(self) -> None:
+        """Save a checkpoint of this step (once), with the training-log sums so that the log goes on as it would."""
+        if self.saved_step == self.state.step:
+            return
+        stats = self.stats
+        self.state.log_window = [stats.loss.item(), stats.targets, stats.examples, stats.tokens]
         save_checkpoint(self.out / runfolder.CHECKPOINTS, self.model, self.optimizer, self.scheduler,
                         self.scaler if self.scaler.is_enabled() else None, asdict(self.state))
+        self.saved_step, self.last_save = self.state.step, time.monotonic()
 
     # --- the end -----------------------------------------------------------------------------------------------
 
@@ -261,14 +328,13 @@ class Recipe:
         summary = self.summary()
         best = self.out / runfolder.BEST
         if state.stopped == "interrupted":
-            raise TrainingStopped(f"interrupted at step {state.step}: checkpoint saved in {self.out / 'checkpoints'}; "
-                                  f"continue with --resume {self.out}", summary)
+            signum = self.interrupt.signum or signal.SIGINT  # None on a process that was not signalled itself
+            raise TrainingStopped(interrupted_message(signum, self.out, state.step, at_once=False), summary,
+                                  exit_status(signum))
         if state.stopped == "nan":
             if self.main:
                 runfolder.write_summary(self.out, summary)
-            raise TrainingStopped(f"the training loss became NaN/inf before step {state.step}: stopped without saving "
-                                  f"that state; the last good checkpoint is in {self.out / 'checkpoints'} (best "
-                                  f"weights: {best}). Lower --lr, use --clip 1.0, or --precision fp32/bf16", summary)
+            raise TrainingStopped(nan_message(c, self.out, state.step, self.finite_step), summary)
         if self.main:
             if state.best_step < 0:  # no validation ran (or none was finite): the final weights are the run's result
                 self.save_best()
@@ -303,7 +369,7 @@ def train_one(config: TrainConfig, progress=None) -> dict:
     """Train, select the best weights on validation data, evaluate them on test; return the summary.
 
     Raises:
-        TrainingStopped: NaN loss or Ctrl-C (the folder holds the last good checkpoint).
+        TrainingStopped: NaN loss, or Ctrl-C / SIGTERM / SIGHUP (the folder holds the last good checkpoint).
         minift.models.ModelLoadError / minift.data.DataError / TrainSetupError: bad model, data or options.
     """
     return Recipe(config, progress).run()

@@ -13,17 +13,13 @@ from minift.optim import build_optimizer, build_scheduler
 from minift.peft import apply
 from minift.train.checkpoint import (
     CheckpointLoadError,
-    atomic_write_json,
-    capture_rng,
     find_checkpoint,
-    flatten_optimizer,
     load_checkpoint,
     load_weights,
-    restore_rng,
     save_checkpoint,
     save_weights,
-    unflatten_optimizer,
 )
+from minift.train.savestate import atomic_write_json, capture_rng, flatten_optimizer, restore_rng, unflatten_optimizer
 
 
 def trained(bert, steps=3):
@@ -69,8 +65,8 @@ def test_checkpoint_is_pickle_free_and_restores_everything(tmp_path, bert):
     assert sorted(p.suffix for p in folder.iterdir()) == [".json", ".json", ".safetensors", ".safetensors",
                                                            ".safetensors"]
     fresh, fresh_opt, fresh_sched, fresh_scaler = trained(bert, steps=1)
-    loop = load_checkpoint(tmp_path / "ck", fresh, fresh_opt, fresh_sched, fresh_scaler)
-    assert loop == {"step": 3, "epoch": 0}
+    restored = load_checkpoint(tmp_path / "ck", fresh, fresh_opt, fresh_sched, fresh_scaler)
+    assert restored.loop == {"step": 3, "epoch": 0} and restored.folder == folder and restored.skipped == []
     for (name, a), b in zip(model.state_dict().items(), fresh.state_dict().values()):
         assert torch.equal(a, b), name
     assert fresh_sched.state_dict() == scheduler.state_dict()
@@ -78,13 +74,15 @@ def test_checkpoint_is_pickle_free_and_restores_everything(tmp_path, bert):
     assert fresh_opt.param_groups[0]["lr"] == optimizer.param_groups[0]["lr"]
 
 
-def test_new_checkpoint_replaces_the_old_one_and_latest_points_to_it(tmp_path, bert):
+def test_the_last_two_checkpoints_are_kept_and_latest_names_them(tmp_path, bert):
     model, optimizer, scheduler, scaler = trained(bert)
-    save_checkpoint(tmp_path / "checkpoints", model, optimizer, scheduler, scaler, {"step": 3})
-    save_checkpoint(tmp_path / "checkpoints", model, optimizer, scheduler, scaler, {"step": 5})
-    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["latest.json", "step-5"]
-    assert find_checkpoint(tmp_path / "checkpoints").name == "step-5"
-    assert find_checkpoint(tmp_path).name == "step-5"  # the run folder works too
+    for step in (3, 5, 7):
+        save_checkpoint(tmp_path / "checkpoints", model, optimizer, scheduler, scaler, {"step": step})
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["latest.json", "step-5", "step-7"]
+    latest = json.loads((tmp_path / "checkpoints" / "latest.json").read_text())
+    assert latest == {"checkpoint": "step-7", "step": 7, "kept": ["step-7", "step-5"]}
+    assert find_checkpoint(tmp_path / "checkpoints").name == "step-7"
+    assert find_checkpoint(tmp_path).name == "step-7"  # the run folder works too
 
 
 def test_atomic_write_leaves_no_partial_file(tmp_path):

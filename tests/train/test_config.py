@@ -153,11 +153,16 @@ def test_resume_may_raise_limits_and_change_evaluation(tmp_path):
                              "--batch-size", "4", "--model", str(tmp_path / "x" / ".." / "model")])
     assert (config.max_steps, config.epochs, config.eval_every) == (20, 3, 5)
     assert resolve_config(["--resume", str(run), "--max-steps", "0"]).max_steps == 0  # 0: no limit, a raise
+    free = ["--clip", "0.5", "--device", "cpu", "--save-every-steps", "3", "--save-every-minutes", "1", "--log-every",
+            "2", "--early-stopping", "2", "--eval-batch-size", "8", "--eval-each-epoch", "false", "--plot", "false",
+            "--gradient-checkpointing", "--max-length", "64"]  # --max-length: checked against the data at set-up
+    config = resolve_config(["--resume", str(run), *free])
+    assert (config.clip, config.save_every_steps, config.max_length, config.overwrite) == (0.5, 3, 64, False)
 
 
 @pytest.mark.parametrize("argv, fragment", [
     (["--batch-size", "32"], "--batch-size 4 → 32"), (["--seed", "1"], "--seed"), (["--grad-accum", "2"], "grad-accum"),
-    (["--method", "full"], "--method"), (["--max-length", "64"], "--max-length"), (["--lr", "0.5"], "--lr"),
+    (["--method", "full"], "--method"), (["--val-fraction", "0.2"], "--val-fraction"), (["--lr", "0.5"], "--lr"),
     (["--lora-r", "4"], "--lora-r 8 → 4"), (["--lora-targets", "query"], "--lora-targets None"),
     (["--max-steps", "5"], "may only be raised"), (["--epochs", "1"], "may only be raised")])
 def test_resume_refuses_flags_that_change_the_run(tmp_path, argv, fragment):
