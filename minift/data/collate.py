@@ -17,16 +17,17 @@ def collate(features: Sequence[dict], pad_id: int, padding_side: str = "right",
     """Pad features into a batch.
 
     Args:
-        features: dicts with ``input_ids`` (list of ints), optionally ``token_type_ids``, and ``labels``
-            (an int, a float, or a list of ints aligned with ``input_ids``).
+        features: dicts with ``input_ids`` (list of ints), optionally ``token_type_ids`` (BERT) or
+            ``position_ids`` and ``segment_ids`` (packed sequences, ``minift.data.pack``), and ``labels`` (an
+            int, a float, or a list of ints aligned with ``input_ids``). Other keys are ignored.
         pad_id: the tokenizer's pad id (``special_ids(tokenizer).pad``).
         padding_side: "right" (training, classification) or "left" (prompts for generation).
         pad_to_multiple_of: round the padded length up to a multiple of this (tensor-core friendly).
 
     Returns:
-        ``input_ids`` (B, T) long, ``attention_mask`` (B, T) long 1/0, ``token_type_ids`` (B, T) long when the
-        features have them, ``labels``: (B,) long for classes, (B,) float for regression, (B, T) long with
-        ``IGNORE_INDEX`` on padding for per-token labels.
+        ``input_ids`` (B, T) long, ``attention_mask`` (B, T) long 1/0, ``token_type_ids`` / ``position_ids`` /
+        ``segment_ids`` (B, T) long (0 on padding) when the features have them, ``labels``: (B,) long for
+        classes, (B,) float for regression, (B, T) long with ``IGNORE_INDEX`` on padding for per-token labels.
     """
     if not features:
         raise ValueError("cannot collate an empty batch")
@@ -44,9 +45,9 @@ def collate(features: Sequence[dict], pad_id: int, padding_side: str = "right",
         "input_ids": torch.tensor([pad(list(f["input_ids"]), pad_id) for f in features], dtype=torch.long),
         "attention_mask": torch.tensor([pad([1] * len(f["input_ids"]), 0) for f in features], dtype=torch.long),
     }
-    if "token_type_ids" in features[0]:
-        batch["token_type_ids"] = torch.tensor([pad(list(f["token_type_ids"]), 0) for f in features],
-                                               dtype=torch.long)
+    for key in ("token_type_ids", "position_ids", "segment_ids"):  # padded with 0 (segment 0: padding)
+        if key in features[0]:
+            batch[key] = torch.tensor([pad(list(f[key]), 0) for f in features], dtype=torch.long)
     if "labels" in features[0]:
         labels = [f["labels"] for f in features]
         if isinstance(labels[0], (list, tuple)):

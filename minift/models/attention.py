@@ -5,8 +5,10 @@ Masks are boolean, ``True`` = may attend, broadcastable to ``(B, nh, T_q, T_k)``
 - ``padding_mask(attention_mask)`` → ``(B, 1, 1, T)`` from a ``(B, T)`` 1 (keep) / 0 (pad) mask (encoders);
 - ``causal_mask(T)`` → ``(T, T)`` lower triangle; ``local_causal_mask(T, window)`` → the GPT-Neo local band
   (query i sees keys j with ``i - window < j <= i``);
-- ``build_mask(attention_mask, T, causal=..., window=...)`` combines them into ``(B, 1, T, T)`` (or returns
-  ``None`` when nothing is masked, so SDPA can take its fused path).
+- ``segment_mask(segment_ids)`` → ``(B, 1, T, T)``: a token sees only the tokens of its own segment (several
+  examples packed into one sequence, ``minift.data.pack``); with the causal mask this is block-diagonal causal;
+- ``build_mask(attention_mask, T, causal=..., window=..., segment_ids=...)`` combines them into ``(B, 1, T, T)``
+  (or returns ``None`` when nothing is masked, so SDPA can take its fused path).
 
 With a KV cache (generation, ``minift.models.cache``) the ``T`` queries follow ``past`` cached tokens: the masks
 are then ``(T, past + T)`` with query i at position ``past + i``, and ``attention_mask`` covers all ``past + T``
@@ -45,8 +47,16 @@ def local_causal_mask(T: int, window: int, device: torch.device | None = None, p
     return (j <= i) & (j > i - window)
 
 
+def segment_mask(segment_ids: torch.Tensor) -> torch.Tensor:
+    """``(B, T)`` segment ids → boolean ``(B, 1, T, T)``, True where query and key are in the same segment."""
+    if segment_ids.dim() != 2:
+        raise ValueError(f"segment_ids must be (B, T), got shape {tuple(segment_ids.shape)}")
+    return (segment_ids[:, :, None] == segment_ids[:, None, :])[:, None]  # (B, 1, T, T)
+
+
 def build_mask(attention_mask: torch.Tensor | None, T: int, causal: bool = False, window: int | None = None,
-               device: torch.device | None = None, past: int = 0) -> torch.Tensor | None:
+               device: torch.device | None = None, past: int = 0,
+               segment_ids: torch.Tensor | None = None) -> torch.Tensor | None:
     """Combine padding, causal and local masks.
 
     Args:
@@ -55,6 +65,9 @@ def build_mask(attention_mask: torch.Tensor | None, T: int, causal: bool = False
         causal: whether query i is limited to keys j <= i.
         window: local / sliding window (implies ``causal``), or None for global attention.
         past: tokens already in the KV cache, before the ``T`` new ones (0 without a cache).
+        segment_ids: ``(B, T)`` packed sequences: the example (1, 2, ...; 0 for padding) of each token, which
+            attends only within its example (positions restart per example: pass ``position_ids`` too).
+            Not with a cache.
 
     Returns:
         Boolean mask broadcastable to ``(B, nh, T, past + T)``, or None when nothing would be masked and the
@@ -71,14 +84,19 @@ def build_mask(attention_mask: torch.Tensor | None, T: int, causal: bool = False
         # it already knows about on the host (minift.train does, from the CPU batch).
         if attention_mask.device.type == "cpu" and bool(attention_mask.all()):
             attention_mask = None
+    if segment_ids is not None and past:
+        raise ValueError("segment_ids (packed sequences) cannot be used with a KV cache")
     if window is not None:
         mask = local_causal_mask(T, window, device, past)  # (T, past + T)
-    elif causal and (attention_mask is not None or (past and T > 1)):
+    elif causal and (attention_mask is not None or segment_ids is not None or (past and T > 1)):
         # SDPA's own causal flag aligns the triangle top-left, which is wrong after cached tokens: build it.
         # (One new token may see every cached key: nothing to mask.)
         mask = causal_mask(T, device, past)  # (T, past + T)
     else:
         mask = None
+    if segment_ids is not None:
+        same = segment_mask(segment_ids)  # (B, 1, T, T)
+        mask = same if mask is None else same & mask
     if attention_mask is not None:
         pad = padding_mask(attention_mask)  # (B, 1, 1, past + T)
         mask = pad if mask is None else pad & mask  # (B, 1, T, past + T) or (B, 1, 1, past + T)

@@ -120,6 +120,7 @@ class GPT2Model(nn.Module):
         inputs_embeds: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
         cache: KVCache | None = None,
+        segment_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Final hidden states.
 
@@ -129,6 +130,8 @@ class GPT2Model(nn.Module):
             inputs_embeds: (B, T, C) in place of ``input_ids``.
             position_ids: (B, T) or (T,) positions; default past..past+T-1 (0..T-1 without a cache).
             cache: a ``KVCache`` holding the keys and values of the past tokens; this call appends its T tokens.
+            segment_ids: (B, T) packed examples (1, 2, ...; 0 on padding): a token attends only within its own
+                (``minift.models.attention.build_mask``); pass each example's ``position_ids`` with them.
 
         Returns:
             (B, T, C).
@@ -136,7 +139,8 @@ class GPT2Model(nn.Module):
         T = (input_ids if inputs_embeds is None else inputs_embeds).shape[1]
         past = 0 if cache is None else cache.check(len(self.h), T)
         x = embed_with_positions(self, input_ids, inputs_embeds, position_ids, past)  # (B, T, C)
-        mask = build_mask(attention_mask, T, causal=True, device=x.device, past=past)  # (B, 1, T, S) or None
+        mask = build_mask(attention_mask, T, causal=True, device=x.device, past=past,
+                          segment_ids=segment_ids)  # (B, 1, T, S) or None
         caches = [None] * len(self.h) if cache is None else cache.layers
         for block, layer_cache in zip(self.h, caches):
             x = run_block(block, self.gradient_checkpointing, x, mask, layer_cache)

@@ -161,6 +161,7 @@ class LlamaModel(nn.Module):
         inputs_embeds: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
         cache: KVCache | None = None,
+        segment_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Final hidden states.
 
@@ -171,6 +172,8 @@ class LlamaModel(nn.Module):
             position_ids: (B, T) or (T,) positions; default past..past+T-1 (0..T-1 without a cache, as
                 transformers). Left-padded generation passes positions counted over the real tokens.
             cache: a ``KVCache`` holding the keys and values of the past tokens; this call appends its T tokens.
+            segment_ids: (B, T) packed examples (1, 2, ...; 0 on padding): a token attends only within its own
+                (``minift.models.attention.build_mask``); pass each example's ``position_ids`` with them.
 
         Returns:
             (B, T, C).
@@ -181,7 +184,8 @@ class LlamaModel(nn.Module):
         if position_ids is None:
             position_ids = torch.arange(past, past + T, device=x.device)  # (T,)
         cos, sin = self.rotary_emb(position_ids, x.dtype)  # (T, hs) or (B, T, hs)
-        masks = {window: build_mask(attention_mask, T, causal=True, window=window, device=x.device, past=past)
+        masks = {window: build_mask(attention_mask, T, causal=True, window=window, device=x.device, past=past,
+                                  segment_ids=segment_ids)
                  for window in {layer.window for layer in self.layers}}  # (B, 1, T, S), (T, S) or None
         caches = [None] * len(self.layers) if cache is None else cache.layers
         for layer, layer_cache in zip(self.layers, caches):

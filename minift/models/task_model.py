@@ -8,8 +8,8 @@ classifier has ``bert.embeddings.word_embeddings.weight`` ... ``classifier.weigh
 
 A backbone (any family) must provide:
 - ``forward(input_ids=None, attention_mask=None, inputs_embeds=None, **kw) -> (B, T, C)`` final hidden
-  states (``token_type_ids`` is passed in ``kw`` only when given); decoders also take ``position_ids`` and
-  ``cache`` (a ``minift.models.cache.KVCache``), passed only when given;
+  states (``token_type_ids`` is passed in ``kw`` only when given); decoders also take ``position_ids``,
+  ``cache`` (a ``minift.models.cache.KVCache``) and ``segment_ids`` (packed sequences), passed only when given;
 - ``get_input_embeddings() -> nn.Embedding``; ``blocks`` (property → the ``nn.ModuleList`` of blocks);
 - a ``gradient_checkpointing`` bool attribute honoured through ``run_block``;
 - a ``pooler`` attribute when a head of the family pools with ``"pooler"``.
@@ -110,7 +110,7 @@ class TaskModel(nn.Module):
     def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
                 token_type_ids: torch.Tensor | None = None,
                 inputs_embeds: torch.Tensor | None = None, *, position_ids: torch.Tensor | None = None,
-                cache: KVCache | None = None) -> torch.Tensor:
+                cache: KVCache | None = None, segment_ids: torch.Tensor | None = None) -> torch.Tensor:
         """Run the backbone and the head.
 
         Args:
@@ -121,6 +121,8 @@ class TaskModel(nn.Module):
             position_ids: decoders: ``(B, T)`` or ``(T,)`` positions, or None (past .. past + T - 1).
             cache: decoders: a ``KVCache`` of the past tokens' keys and values, which this call extends
                 (``minift.models.generate`` uses it); None runs the sequence on its own.
+            segment_ids: decoders: ``(B, T)`` packed examples (1, 2, ...; 0 on padding), each attending only within
+                itself; give each example's ``position_ids`` (restarting at 0) with them (``minift.data.pack``).
 
         Returns:
             See the class docstring.
@@ -128,7 +130,7 @@ class TaskModel(nn.Module):
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids or inputs_embeds")
         extra = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
-        for name, value in (("position_ids", position_ids), ("cache", cache)):
+        for name, value in (("position_ids", position_ids), ("cache", cache), ("segment_ids", segment_ids)):
             if value is not None:
                 if not self.is_decoder:
                     raise ValueError(f"{name} is for decoders; {self.config.model_type} is an encoder")

@@ -22,7 +22,8 @@ from minift.losses import loss_sum, target_count
 from minift.precision import autocast
 from minift.train import distributed
 
-MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+# position_ids and segment_ids: packed sequences (minift.data.pack)
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "position_ids", "segment_ids")
 
 
 def model_inputs(batch: dict, device: torch.device) -> dict:
