@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from minift.data.example import IGNORE_INDEX
+from minift.data.example import IGNORE_INDEX, LM_KINDS
 
 
 def target_count(kind: str, labels: torch.Tensor) -> int:
@@ -22,7 +22,7 @@ def target_count(kind: str, labels: torch.Tensor) -> int:
         return int(labels.shape[0])
     if kind == "token-classification":
         return int((labels != IGNORE_INDEX).sum())
-    if kind == "causal-lm":
+    if kind in LM_KINDS:  # causal-lm, sft
         return int((labels[:, 1:] != IGNORE_INDEX).sum())
     raise ValueError(f"unknown task kind {kind!r}")
 
@@ -31,7 +31,7 @@ def loss_sum(kind: str, output: torch.Tensor, labels: torch.Tensor) -> torch.Ten
     """The summed loss of a batch, in fp32.
 
     Args:
-        kind: classification | regression | token-classification | causal-lm.
+        kind: classification | regression | token-classification | causal-lm | sft (a task kind).
         output: the model output: (B, num_labels), (B, 1), (B, T, num_labels) or (B, T, V).
         labels: (B,) class ids, (B,) floats, (B, T) tag ids or (B, T) token ids, -100 where ignored.
             Causal-LM labels are aligned with the inputs (as in transformers); the shift happens here.
@@ -45,7 +45,7 @@ def loss_sum(kind: str, output: torch.Tensor, labels: torch.Tensor) -> torch.Ten
         return F.mse_loss(output.reshape(-1), labels.float().reshape(-1), reduction="sum")
     if kind == "token-classification":
         return F.cross_entropy(output.flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX, reduction="sum")
-    if kind == "causal-lm":
+    if kind in LM_KINDS:  # causal-lm, sft
         logits, targets = output[:, :-1], labels[:, 1:]  # position t predicts token t+1
         return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX, reduction="sum")
     raise ValueError(f"unknown task kind {kind!r}")

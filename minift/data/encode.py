@@ -15,7 +15,11 @@ from tokenizers import Tokenizer
 
 from minift.data.errors import DataError
 from minift.data.example import IGNORE_INDEX, Example, Task
+from minift.data.prompts import label_word_ids, parse_label
+from minift.data.sft import encode_sft
 from minift.data.tokenizer import SpecialIds, special_ids, uses_token_type_ids
+
+__all__ = ["encode", "encode_causal_lm", "encode_task", "encode_words", "format_prompt", "parse_label"]
 
 
 @contextmanager
@@ -36,7 +40,7 @@ def _truncating(tokenizer: Tokenizer, max_length: int | None):
 
 
 def encode(task: Task, examples: Sequence[Example], tokenizer: Tokenizer, max_length: int | None = 128,
-           special: SpecialIds | None = None, token_type_ids: bool | None = None) -> list[dict]:
+           special: SpecialIds | None = None, token_type_ids: bool | None = None, template=None) -> list[dict]:
     """Encode examples for training / evaluation with a loss.
 
     Args:
@@ -47,6 +51,8 @@ def encode(task: Task, examples: Sequence[Example], tokenizer: Tokenizer, max_le
         special: special ids (eos for causal-LM); default ``special_ids(tokenizer)``.
         token_type_ids: include ``token_type_ids``; None: when ``uses_token_type_ids(tokenizer)`` (BERT).
             Pass ``config.type_vocab_size > 1`` to decide by the model instead.
+        template: SFT tasks: the ``minift.data.chat.ChatTemplate`` conversations are rendered with
+            (``minift.data.sft.encode_sft``).
 
     Returns:
         One feature per example, in order.
@@ -55,6 +61,11 @@ def encode(task: Task, examples: Sequence[Example], tokenizer: Tokenizer, max_le
         return encode_words(examples, tokenizer, max_length, token_type_ids)
     if task.kind == "causal-lm":
         return encode_causal_lm(task, examples, tokenizer, max_length, special, with_target=True)
+    if task.kind == "sft":
+        if template is None:
+            raise ValueError("an SFT task is encoded with a chat template: pass template= "
+                             "(minift.data.chat.load_chat_template)")
+        return encode_sft(examples, tokenizer, template, max_length)
     with_types = uses_token_type_ids(tokenizer) if token_type_ids is None else token_type_ids
     inputs = [ex.text if ex.text_pair is None else (ex.text, ex.text_pair) for ex in examples]
     with _truncating(tokenizer, max_length):
@@ -117,6 +128,9 @@ def encode_causal_lm(task: Task, examples: Sequence[Example], tokenizer: Tokeniz
             False for generation (``input_ids`` is the prompt alone and ``labels`` the class id, to compare
             with the label parsed from the generated text).
 
+    Raises:
+        DataError: label words the tokenizer cannot tell apart (``minift.data.prompts.label_word_ids``).
+
     A prompt too long for ``max_length`` loses its beginning, so the instruction at its end survives.
     """
     special = special or special_ids(tokenizer)
@@ -124,7 +138,7 @@ def encode_causal_lm(task: Task, examples: Sequence[Example], tokenizer: Tokeniz
         raise DataError("the tokenizer has no end-of-sequence token: a causal-LM target needs one; pass "
                         "special=special_ids(tokenizer, config) with the model's config")
     prompts = tokenizer.encode_batch([format_prompt(task, ex) for ex in examples], add_special_tokens=True)
-    words = [tokenizer.encode(" " + w, add_special_tokens=False).ids + [special.eos] for w in task.label_words]
+    words = [ids + [special.eos] for ids in label_word_ids(tokenizer, task.label_words)]  # checked distinct
     features = []
     for ex, prompt in zip(examples, prompts):
         target = words[ex.label] if with_target else []
@@ -139,18 +153,6 @@ def encode_causal_lm(task: Task, examples: Sequence[Example], tokenizer: Tokeniz
         else:
             features.append({"input_ids": ids, "labels": int(ex.label)})
     return features
-
-
-def parse_label(generated: str, label_words: Sequence[str]) -> int:
-    """The class id whose label word appears first in generated text (case-insensitive, whole word),
-    or -1 when none does (counted as wrong by compute_metrics)."""
-    best, best_at = -1, None
-    lowered = generated.lower()
-    for index, word in enumerate(label_words):
-        match = re.search(rf"\b{re.escape(word.lower())}\b", lowered)
-        if match and (best_at is None or match.start() < best_at):
-            best, best_at = index, match.start()
-    return best
 
 
 def encode_task(task: Task, tokenizer: Tokenizer, max_length: int | None = 128, special: SpecialIds | None = None,

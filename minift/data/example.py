@@ -1,5 +1,5 @@
-"""The data model: an :class:`Example` and a :class:`Task` (splits, label names, metrics, kind), plus the
-seeded splitting and few-shot sampling every reader shares."""
+"""The data model: an :class:`Example` (or, for instruction tuning, a :class:`Conversation`) and a :class:`Task`
+(splits, label names, metrics, kind), plus the seeded splitting and few-shot sampling every reader shares."""
 from __future__ import annotations
 
 import random
@@ -7,13 +7,18 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-KINDS = ("classification", "regression", "token-classification", "causal-lm")
+KINDS = ("classification", "regression", "token-classification", "causal-lm", "sft")
+# Kinds trained with the next-token loss of a causal-LM head: causal-LM classification (prompt -> label word) and
+# instruction tuning (conversation -> assistant turns).
+LM_KINDS = ("causal-lm", "sft")
 IGNORE_INDEX = -100  # the label of positions without a loss (torch's cross-entropy ignore_index)
+ROLES = ("system", "user", "assistant")  # the roles of a conversation's messages (OpenAI's chat format)
 
 # Metric names per task kind; the first is the main metric unless a task says otherwise.
 CLASSIFICATION_METRICS = ("accuracy", "micro_f1", "macro_f1")
 REGRESSION_METRICS = ("pearson", "spearman", "mse")
 NER_METRICS = ("f1", "precision", "recall", "token_accuracy")
+SFT_METRICS = ("response_loss", "perplexity")  # per assistant token on held-out conversations; lower is better
 
 
 @dataclass(frozen=True)
@@ -32,19 +37,40 @@ class Example:
     id: str = ""  # where the example came from (file:line or the data set's id)
 
 
+@dataclass(frozen=True)
+class Message:
+    """One turn of a conversation."""
+
+    role: str  # one of ROLES
+    content: str  # the turn's text (non-empty)
+
+
+@dataclass(frozen=True)
+class Conversation:
+    """One instruction-tuning example: messages ending with an assistant turn (the loss is on assistant turns)."""
+
+    messages: tuple[Message, ...]  # an optional system message first, the last one from the assistant
+    id: str = ""  # where it came from (file:line)
+
+    def as_dicts(self) -> list[dict]:
+        """The messages as ``[{"role": ..., "content": ...}, ...]``, what chat templates read."""
+        return [{"role": m.role, "content": m.content} for m in self.messages]
+
+
 @dataclass
 class Task:
     """A task: named splits of examples plus what a model and the metrics need to know about them."""
 
     name: str  # canonical task name (aliases resolve to it)
     kind: str  # one of KINDS
-    splits: dict[str, Sequence[Example]]  # "train", optionally "dev", and "test"
-    label_names: list[str]  # class / tag names in id order; empty for regression
+    splits: dict[str, Sequence[Example]]  # "train", optionally "dev", and "test" (SFT: Conversations)
+    label_names: list[str]  # class / tag names in id order; empty for regression and SFT
     metric_names: list[str]  # the names compute_metrics returns, main metric first
-    main_metric: str  # the metric to select checkpoints on (higher is better)
+    main_metric: str  # the metric to select checkpoints on
     description: str = ""  # how the splits were built (sources, seeds, sizes)
     prompt: str | None = None  # causal-LM: template with "{text}" (and "{text_pair}"); the label word follows
     label_words: list[str] = field(default_factory=list)  # causal-LM: the word generated for each class id
+    greater_is_better: bool = True  # whether a higher main metric is better (False for a loss)
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -53,6 +79,12 @@ class Task:
             raise ValueError(f"task {self.name!r}: main metric {self.main_metric!r} not in {self.metric_names}")
         if self.kind == "causal-lm" and (self.prompt is None or len(self.label_words) != len(self.label_names)):
             raise ValueError(f"task {self.name!r}: a causal-lm task needs a prompt and one label word per class")
+
+    def better(self, value: float, best: float | None) -> bool:
+        """Whether main-metric ``value`` improves on ``best`` (None: nothing yet), in the task's direction."""
+        if best is None:
+            return True
+        return value > best if self.greater_is_better else value < best
 
     @property
     def num_labels(self) -> int:
@@ -69,8 +101,8 @@ class Task:
 
     def label_counts(self, split: str) -> dict[str, int]:
         """Examples per label name in a split (tags per name for token classification)."""
-        if self.kind == "regression":
-            raise ValueError(f"task {self.name!r} is a regression task: it has no labels to count")
+        if self.kind in ("regression", "sft"):
+            raise ValueError(f"task {self.name!r} is a {self.kind} task: it has no labels to count")
         counts: Counter = Counter()
         for ex in self.splits[split]:
             ids = ex.label if isinstance(ex.label, tuple) else (ex.label,)

@@ -10,6 +10,9 @@ What a careless file gets is an error naming the file, the row and what to do: a
 ``.csv``, a missing header row, an empty label, labels that are numbers but for a few rows (a typo such as
 ``n/a`` would otherwise turn a regression task into a classification with one class per value), and a training
 split with a single class.
+
+``kind="causal-lm"`` reads the labels as classes (``minift.data.tasks`` adds the prompt and label words);
+``kind="sft"`` files hold conversations instead and are read by ``minift.data.sft`` (the same ``PATH`` forms).
 """
 from __future__ import annotations
 
@@ -22,6 +25,9 @@ from minift.data.readers_common import check_columns, nonempty, read_delimited, 
 from minift.data.readers_text import SPLIT_SEED
 
 SUFFIXES = {".csv": ",", ".tsv": "\t", ".txt": "\t", ".jsonl": None, ".json": None}
+# What a file: task can be (--task-kind): the labels read as classes or numbers, generated after a prompt
+# (causal-lm, read as classes here), or conversations for instruction tuning (sft, read by minift.data.sft).
+FILE_KINDS = ("classification", "regression", "causal-lm", "sft")
 
 
 def _header_problem(path: Path, header: list[str], columns: list[str]) -> str:
@@ -40,7 +46,7 @@ def _header_problem(path: Path, header: list[str], columns: list[str]) -> str:
             "--label-column (and --text-pair-column)")
 
 
-def _rows(path: Path, columns: list[str]):
+def read_rows(path: Path, columns: list[str]):
     """(line, {column: raw value}) for every row, checking the header names ``columns``."""
     if path.suffix.lower() not in SUFFIXES:
         raise DataError(f"{path}: unsupported file type {path.suffix!r}; use one of {sorted(SUFFIXES)}")
@@ -73,7 +79,7 @@ def _parse_float(path: Path, line: int, value: object) -> float:
     return number
 
 
-def _split_paths(spec: str) -> dict[str, Path]:
+def split_paths(spec: str) -> dict[str, Path]:
     whole = Path(spec).expanduser()
     parts = [whole] if whole.exists() else [Path(p).expanduser() for p in spec.split(",") if p]
     if len(parts) == 1 and parts[0].is_dir():
@@ -112,8 +118,8 @@ def read_file_task(spec: str, text_column: str = "text", label_column: str = "la
         (numerically when they all are integers); a label seen only outside train is an error.
     """
     columns = [text_column] + ([text_pair_column] if text_pair_column else []) + [label_column]
-    paths = _split_paths(spec)
-    raw = {split: list(_rows(path, columns)) for split, path in paths.items()}
+    paths = split_paths(spec)
+    raw = {split: list(read_rows(path, columns)) for split, path in paths.items()}
     for split, rows in raw.items():
         nonempty(split, rows, paths[split])
     _check_labels(raw, paths, label_column)

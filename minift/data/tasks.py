@@ -32,15 +32,26 @@ from typing import Callable
 
 from minift.data import readers_glue, readers_ner, readers_text
 from minift.data.errors import DataError
-from minift.data.example import CLASSIFICATION_METRICS, NER_METRICS, REGRESSION_METRICS, Task, few_shot_sample
+from minift.data.example import (
+    CLASSIFICATION_METRICS,
+    NER_METRICS,
+    REGRESSION_METRICS,
+    SFT_METRICS,
+    Task,
+    few_shot_sample,
+)
 from minift.data.paths import data_file, resolve_data_dir
-from minift.data.readers_file import read_file_task
+from minift.data.prompts import check_label_words, check_prompt
+from minift.data.readers_file import FILE_KINDS, read_file_task
 
 FEW_SHOT_PER_CLASS = 16  # examples per class in the *_fs tasks
 FEW_SHOT_SEED = 42
 
 # Causal-LM form of a sentiment task: the model reads the prompt and generates the label word.
 SENTIMENT_PROMPT = "Sentence: {text}\nSentiment:"
+PARAPHRASE_PROMPT = "Sentence 1: {text}\nSentence 2: {text_pair}\nParaphrase?"
+# The prompt of a file: causal-LM task without --prompt
+FILE_PROMPT, FILE_PAIR_PROMPT = "Text: {text}\nLabel:", "Text 1: {text}\nText 2: {text_pair}\nLabel:"
 
 
 @dataclass(frozen=True)
@@ -88,7 +99,10 @@ ALIASES = {
     "fpb_lm": "financial_phrasebank_lm",
 }
 FEW_SHOT = {"agnews_fs": "agnews", "restaurant_fs": "restaurant", "laptop_fs": "laptop", "acl_fs": "acl"}
-CAUSAL_LM = {"financial_phrasebank_lm": ("financial_phrasebank", SENTIMENT_PROMPT)}
+# name -> (the classification task it is built on, prompt, label words in class order; None: the label names)
+CAUSAL_LM = {"financial_phrasebank_lm": ("financial_phrasebank", SENTIMENT_PROMPT, None),
+             "sst2_lm": ("sst2", SENTIMENT_PROMPT, None),
+             "mrpc_lm": ("mrpc", PARAPHRASE_PROMPT, ["no", "yes"])}
 
 
 def task_names() -> list[str]:
@@ -98,29 +112,95 @@ def task_names() -> list[str]:
 
 def load_task(name: str, data_dir: str | Path | None = None, *, text_column: str = "text",
               label_column: str = "label", text_pair_column: str | None = None,
-              kind: str | None = None) -> Task:
+              kind: str | None = None, prompt: str | None = None, label_words: list[str] | None = None) -> Task:
     """Build a task from its files.
 
     Args:
         name: a task name or alias (see the module docstring), or ``file:PATH`` for a custom task.
         data_dir: the data root; None: ``$MINIFT_DATA``, else ``~/.cache/minift/data``.
-        text_column / label_column / text_pair_column / kind: options of ``file:`` tasks only.
+        text_column / label_column / text_pair_column / kind: options of ``file:`` tasks only; ``kind`` is
+            classification, regression, causal-lm or sft (None: classification or regression, from the labels).
+        prompt / label_words: causal-LM tasks only: the prompt template and the word of each class (in class-id
+            order), in place of the task's own (``minift.data.prompts``).
 
     Returns:
         The :class:`Task`, every split non-empty.
 
     Raises:
         DataError: unknown task, missing file (named, with where it was looked for and the public source),
-            malformed row (file and line) or empty split.
+            malformed row (file and line), empty split, or a bad prompt or label words.
     """
+    key = name if name.startswith("file:") else ALIASES.get(name, name)
+    _check_prompt_options(name, key, kind if name.startswith("file:") else _kind(key), prompt, label_words)
     if name.startswith("file:"):
-        splits, labels, file_kind = read_file_task(name[len("file:"):], text_column=text_column,
-                                                   label_column=label_column, text_pair_column=text_pair_column,
-                                                   kind=kind)
-        metrics = CLASSIFICATION_METRICS if file_kind == "classification" else REGRESSION_METRICS
-        return Task(name=name, kind=file_kind, splits=splits, label_names=labels, metric_names=list(metrics),
-                    main_metric=metrics[0], description=f"custom task from {name[5:]}")
-    key = ALIASES.get(name, name)
+        task = _file_task(name, text_column, label_column, text_pair_column, kind)
+    else:
+        task = _named_task(key, name, data_dir)
+    return _with_prompt(task, prompt, label_words) if task.kind == "causal-lm" else task
+
+
+def _kind(key: str) -> str | None:
+    """The kind of a named task, without reading its files (None: unknown name, reported by ``_named_task``)."""
+    if key in CAUSAL_LM:
+        return "causal-lm"
+    spec = _SPECS.get(FEW_SHOT.get(key, key))
+    return spec.kind if spec is not None else None
+
+
+def _check_prompt_options(name: str, key: str, kind: str | None, prompt, label_words) -> None:
+    """--prompt / --label-words are for causal-LM tasks: said before any file is read."""
+    given = [flag for flag, value in (("--prompt", prompt), ("--label-words", label_words)) if value is not None]
+    if given and kind != "causal-lm":
+        lm_form = f" (its causal-LM form is {key}_lm)" if f"{key}_lm" in CAUSAL_LM else ""
+        what = f"a {kind} task" if kind else "not one (pass --task-kind causal-lm)"
+        raise DataError(f"{' and '.join(given)}: options of causal-LM tasks; task {name!r} is {what}{lm_form}")
+
+
+def _with_prompt(task: Task, prompt: str | None, label_words: list[str] | None) -> Task:
+    """A causal-LM task with its prompt and label words overridden where given, both checked."""
+    prompt = task.prompt if prompt is None else prompt
+    words = list(task.label_words if label_words is None else label_words)
+    pair = any(ex.text_pair is not None for ex in task.splits["train"])
+    check_prompt(prompt, pair, f"the prompt of task {task.name!r}")
+    check_label_words(words, task.label_names, f"the label words of task {task.name!r}")
+    return replace(task, prompt=prompt, label_words=words,
+                   description=f"{task.description}; prompt {prompt!r}, label words {words}")
+
+
+def _file_task(name: str, text_column: str, label_column: str, text_pair_column: str | None,
+               kind: str | None) -> Task:
+    spec = name[len("file:"):]
+    if kind is not None and kind not in FILE_KINDS:
+        raise DataError(f"{name}: kind must be one of {', '.join(FILE_KINDS)} (--task-kind), got {kind!r}")
+    if kind == "sft":
+        from minift.data.sft import read_sft_task
+
+        custom = [flag for flag, value, default in (("--text-column", text_column, "text"),
+                                                    ("--label-column", label_column, "label"),
+                                                    ("--text-pair-column", text_pair_column, None))
+                  if value != default]
+        if custom:
+            raise DataError(f"{', '.join(custom)}: an SFT file has fixed keys (prompt/response or messages), not "
+                            "columns")
+        splits = read_sft_task(spec)
+        return Task(name=name, kind="sft", splits=splits, label_names=[], metric_names=list(SFT_METRICS),
+                    main_metric=SFT_METRICS[0], greater_is_better=False,
+                    description=f"instruction tuning on the conversations of {spec}")
+    read_kind = "classification" if kind == "causal-lm" else kind
+    splits, labels, file_kind = read_file_task(spec, text_column=text_column, label_column=label_column,
+                                               text_pair_column=text_pair_column, kind=read_kind)
+    if kind == "causal-lm":
+        prompt = FILE_PAIR_PROMPT if text_pair_column else FILE_PROMPT
+        return Task(name=name, kind="causal-lm", splits=splits, label_names=labels,
+                    metric_names=list(CLASSIFICATION_METRICS), main_metric=CLASSIFICATION_METRICS[0],
+                    prompt=prompt, label_words=list(labels),
+                    description=f"custom task from {spec} (prompt -> label word)")
+    metrics = CLASSIFICATION_METRICS if file_kind == "classification" else REGRESSION_METRICS
+    return Task(name=name, kind=file_kind, splits=splits, label_names=labels, metric_names=list(metrics),
+                main_metric=metrics[0], description=f"custom task from {spec}")
+
+
+def _named_task(key: str, name: str, data_dir: str | Path | None) -> Task:
     if key in FEW_SHOT:
         base = load_task(FEW_SHOT[key], data_dir)
         splits = dict(base.splits)
@@ -129,10 +209,10 @@ def load_task(name: str, data_dir: str | Path | None = None, *, text_column: str
                        description=f"{base.description}; few-shot: {FEW_SHOT_PER_CLASS} train examples per class "
                        f"(seed {FEW_SHOT_SEED}), {len(splits['train'])} in all")
     if key in CAUSAL_LM:
-        base_name, prompt = CAUSAL_LM[key]
+        base_name, prompt, words = CAUSAL_LM[key]
         base = load_task(base_name, data_dir)
-        return replace(base, name=key, kind="causal-lm", prompt=prompt, label_words=list(base.label_names),
-                       description=f"{base.description}; causal-LM form: prompt {prompt!r} + label word")
+        return replace(base, name=key, kind="causal-lm", prompt=prompt, label_words=list(words or base.label_names),
+                       description=f"{base.description}; causal-LM form (prompt -> label word)")
     if key not in _SPECS:
         raise DataError(f"unknown task {name!r}; known tasks: {', '.join(task_names())}, or file:PATH for a "
                         "CSV/TSV/JSONL file with text and label columns")

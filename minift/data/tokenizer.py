@@ -59,6 +59,13 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
                     "vocab.json + merges.txt (byte-level BPE). Copy them from the model's Hugging Face repository.")
 
 
+def gguf_chat_template(path: str | Path) -> str | None:
+    """The Jinja chat template a ``.gguf`` file carries (its ``tokenizer.chat_template`` metadata), or None."""
+    from minift.models.gguf import _meta, _reader  # lazily: gguf is an optional extra
+
+    return _meta(_reader(path), "tokenizer.chat_template")
+
+
 def _json(path: Path) -> dict:
     if not path.exists():
         return {}
