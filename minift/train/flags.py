@@ -29,6 +29,8 @@ from pathlib import Path
 
 import yaml
 
+from minift.data.prompts import split_label_words, unescape
+from minift.data.readers_file import FILE_KINDS
 from minift.peft.config import METHODS
 from minift.peft.flags import BOOL_FLAG, add_method_flags, field_comments, flag, unwrap, value_parser
 from minift.precision import ALIASES as PRECISION_ALIASES
@@ -45,7 +47,12 @@ from minift.train.config import (
     plain_fields,
 )
 
-CHOICES = {"method": METHODS, "schedule": SCHEDULES, "precision": (*PRECISIONS, *PRECISION_ALIASES)}
+CHOICES = {"method": METHODS, "schedule": SCHEDULES, "precision": (*PRECISIONS, *PRECISION_ALIASES),
+           "task_kind": FILE_KINDS}
+# Fields whose flag is not (only) their name, and fields read by their own parser: a prompt's \n is a newline, and an
+# empty label word is kept for minift.data to name (a plain list flag would drop it).
+FLAG_NAMES = {"task_prompt": ("--prompt", "--task-prompt")}
+PARSERS = {"task_prompt": unescape, "label_words": split_label_words}
 
 
 def load_yaml(path) -> dict:
@@ -96,13 +103,16 @@ def build_parser() -> argparse.ArgumentParser:
     for name, annotation in plain_fields().items():
         shown = f"per method, {DEFAULT_LR}" if name == "lr" else getattr(defaults, name)
         help_text = f"{comments.get(name, '')} (default: {shown})".replace("%", "%%")
-        if name in CHOICES:
+        if name in PARSERS:
+            extra = {"type": PARSERS[name]}
+        elif name in CHOICES:
             extra = {"choices": CHOICES[name]}
         elif unwrap(annotation)[0] is bool:  # ``--gradient-checkpointing`` alone is true; ``--plot false`` works
             extra = BOOL_FLAG
         else:
             extra = {"type": value_parser(annotation)}
-        parser.add_argument(flag(name), dest=name, default=argparse.SUPPRESS, help=help_text, **extra)
+        parser.add_argument(*FLAG_NAMES.get(name, (flag(name),)), dest=name, default=argparse.SUPPRESS,
+                            help=help_text, **extra)
     add_method_flags(parser.add_argument_group("method options (each used by its method only)"))
     return parser
 
@@ -164,7 +174,7 @@ RESUME_IF_SAME_DATA = ("max_length",)
 # choice (e.g. after a NaN stop).
 RESUME_FREE = ("resume", "seeds", "output_dir", "overwrite", "eval_batch_size", "eval_every", "eval_each_epoch",
                "early_stopping", "log_every", "save_every_minutes", "save_every_steps", "plot", "device",
-               "gradient_checkpointing", "clip")
+               "gradient_checkpointing", "clip", "sample_answers")
 
 
 def run_folder(resume: str) -> Path:

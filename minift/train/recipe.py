@@ -35,7 +35,7 @@ from minift.train.checkpoint import (
     save_weights,
 )
 from minift.train.config import TrainConfig
-from minift.train.evaluate import evaluate
+from minift.train.evaluate import answers, evaluate
 from minift.train.flags import check_resumable, saved_config
 from minift.train.interrupt import Interrupted, StopRequest, exit_status, immediate_stops
 from minift.train.oom import out_of_memory_message
@@ -285,8 +285,7 @@ class Recipe:
         metrics = self.val_metrics() if self.main else {}
         value = metrics.get(self.task.main_metric)
         # NaN (e.g. Pearson's r of constant predictions) never improves: stored as the best, nothing would beat it.
-        improved = value is not None and math.isfinite(value) and (state.best_metric is None
-                                                                   or value > state.best_metric)
+        improved = value is not None and math.isfinite(value) and self.task.better(value, state.best_metric)
         if metrics:
             record = {"type": "eval", "step": state.step, "epoch": state.epoch, "reason": reason, **metrics}
             state.history.append(record)
@@ -343,6 +342,10 @@ class Recipe:
             summary["test"] = evaluate(self.model, self.task, test_batches, self.tokenizer, self.data.special.eos,
                                        c.precision, self.device)
             summary.update(summary["test"])  # final test metrics by name at the top level (e.g. "accuracy")
+            if self.data.prompts:  # SFT --sample-answers: what the best weights answer
+                runfolder.write_samples(self.out, answers(self.model, self.data.prompts, self.tokenizer,
+                                                          self.data.special.eos, c.precision, self.device,
+                                                          batch_size=c.eval_batch_size, pad_id=self.data.special.pad))
             summary["wall_time_s"] = round(time.time() - self.started, 1)
             runfolder.write_summary(self.out, summary)
         if distributed.world_size() > 1:  # every process returns process 0's summary

@@ -9,6 +9,7 @@
                              minift.peft.save_trainable folder; full fine-tuning: an HF folder, save_pretrained)
   summary.json               final test metrics by name, best validation metric, steps, times
   curves.png                 training loss and validation metrics against steps (with matplotlib)
+  samples.jsonl              SFT with --sample-answers N: the best weights' answers to N test prompts
 ```
 
 A run :func:`claim`\\ s its folder before set-up and writes nothing into it until set-up has succeeded
@@ -44,9 +45,10 @@ from minift.train.savestate import atomic_write_json
 
 CONFIG_YAML, CONFIG_JSON, LOG, SUMMARY, BEST, CHECKPOINTS = ("config.yaml", "config.json", "metrics.jsonl",
                                                              "summary.json", "best", "checkpoints")
+SAMPLES = "samples.jsonl"
 # What a run writes: the files --overwrite deletes (and the --seeds tables of an experiment folder).
 RUN_FILES = (CONFIG_YAML, CONFIG_JSON, LOG, SUMMARY, BEST, BEST + ".tmp", BEST + ".old", CHECKPOINTS, "curves.png",
-             "results.md", "results.csv")
+             "results.md", "results.csv", SAMPLES)
 
 _HELD: dict = {}  # folder → open descriptor holding its lock, for this process (a later run here may reuse it)
 
@@ -242,6 +244,11 @@ def truncate_log(out: Path, step: int) -> None:
 
 def write_summary(out: Path, summary: dict) -> None:
     atomic_write_json(out / SUMMARY, summary)
+
+
+def write_samples(out: Path, rows: list) -> None:
+    """``samples.jsonl``: one JSON object per generated answer (prompt, reference answer, generated text)."""
+    (out / SAMPLES).write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
 
 
 def read_summary(out: Path) -> dict:
