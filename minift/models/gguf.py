@@ -143,16 +143,17 @@ def permute_qk(w: torch.Tensor, n_head: int) -> torch.Tensor:
     return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def read_gguf_state(reader, config: ModelConfig, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
-    """Every tensor of the GGUF, dequantized, renamed to HF keys and un-permuted, in ``dtype``.
+def gguf_tensors(reader, config: ModelConfig):
+    """Every tensor of the GGUF as ``(HF key, fp32 tensor)``, one at a time: dequantized, renamed and un-permuted.
 
     Raises:
-        CheckpointError: a tensor name not in the family's ``GGUFSpec.tensors`` (nor its ``skip``), listing them.
+        CheckpointError: a tensor name not in the family's ``GGUFSpec.tensors`` (nor its ``skip``), listing them
+            (after the known tensors).
     """
     gguf = _gguf()
     family = gguf_family(_meta(reader, "general.architecture"))
     spec = family.gguf
-    state, unknown = {}, []
+    unknown = []
     for t in reader.tensors:
         if any(re.search(p, t.name) for p in spec.skip):
             continue
@@ -175,11 +176,15 @@ def read_gguf_state(reader, config: ModelConfig, dtype: torch.dtype = torch.floa
             tensor = unpermute_qk(tensor, config.num_heads)
         elif spec.permute_qk and key.endswith(("k_proj.weight", "k_proj.bias")):
             tensor = unpermute_qk(tensor, config.num_kv_heads)
-        state[key] = tensor.to(dtype)
+        yield key, tensor
     if unknown:
         raise CheckpointError(f"GGUF tensors not in minift's {spec.arch} table: {unknown[:20]}; the file holds "
                               "tensors this architecture does not have")
-    return state
+
+
+def read_gguf_state(reader, config: ModelConfig, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+    """Every tensor of the GGUF (``gguf_tensors``) in ``dtype``, by HF key."""
+    return {key: tensor.to(dtype) for key, tensor in gguf_tensors(reader, config)}
 
 
 def _rope_freq_factors(reader) -> torch.Tensor | None:
@@ -191,7 +196,7 @@ def _rope_freq_factors(reader) -> torch.Tensor | None:
 
 
 def load_gguf(path: str | Path, dtype: torch.dtype | str | None = None, device: str | torch.device | None = None,
-              head: str | None = None, num_labels: int | None = None) -> TaskModel:
+              head: str | None = None, num_labels: int | None = None, quantize=None) -> TaskModel:
     """Load a GGUF of a supported architecture as a minift ``TaskModel`` (weights dequantized to ``dtype``).
 
     Args:
@@ -200,11 +205,13 @@ def load_gguf(path: str | Path, dtype: torch.dtype | str | None = None, device: 
         device: where the weights go (None → cpu).
         head: None / "causal-lm" (the default), "classification" or "regression" (a fresh ``score``).
         num_labels: outputs of a classification head.
+        quantize: None, "nf4" or a ``minift.quant.NF4Config``: the block linears become NF4 layers, each quantised
+            from its dequantized fp32 tensor as soon as it is read (``load_pretrained``).
 
     Returns:
         The model in eval mode, with ``fresh_keys`` and ``skipped_keys`` recorded like ``load_pretrained``.
     """
-    from minift.models.load import assign_state, build_model, configure_labels, resolve_dtype
+    from minift.models.load import assign_state, build_model, configure_labels, resolve_dtype, state_quantizer
 
     dtype = resolve_dtype(dtype)
     device = torch.device(device if device is not None else "cpu")
@@ -217,21 +224,28 @@ def load_gguf(path: str | Path, dtype: torch.dtype | str | None = None, device: 
     config = configure_labels(config, head, num_labels)
     with torch.device("meta"):
         model = build_model(config, family, head)
-    state = read_gguf_state(reader, config, dtype)
+    quantizer = state_quantizer(model, quantize, dtype)
     expected = {k: v.shape for k, v in model.state_dict().items()}
     tied = {model.head_spec.key + ".weight"} if model.is_tied else set()  # shares the embedding, filled below
-    skipped = [k for k in state if k not in expected or k in tied]
-    for key in skipped:
-        del state[key]  # the LM head of a GGUF loaded with another head, or tied
+    state, loaded, skipped, mis_shaped = {}, set(), [], []
+    for key, tensor in gguf_tensors(reader, config):
+        if key not in expected or key in tied:
+            skipped.append(key)  # the LM head of a GGUF loaded with another head, or tied
+        elif tuple(tensor.shape) != tuple(expected[key]):
+            mis_shaped.append(f"{key}: file {tuple(tensor.shape)} vs model {tuple(expected[key])}")
+        elif quantizer is not None and quantizer.quantizes(key):
+            state.update(quantizer.convert(key, tensor.to(device)))  # the fp32 tensor is dropped here
+        else:
+            state[key] = tensor.to(device=device, dtype=dtype)
+        loaded.add(key)
     head_prefix = model.head_spec.key + "." if model.head_spec else None
-    fresh = [k for k in expected if k not in state and k not in tied and head_prefix and k.startswith(head_prefix)]
-    missing = sorted(k for k in expected if k not in state and k not in fresh and k not in tied)
-    mis_shaped = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(s)}" for k, s in expected.items()
-                  if k in state and tuple(state[k].shape) != tuple(s)]
+    fresh = [k for k in expected if k not in loaded and k not in tied and head_prefix and k.startswith(head_prefix)]
+    missing = sorted(k for k in expected if k not in loaded and k not in fresh and k not in tied)
     if missing or mis_shaped:
         raise CheckpointError(f"{path} does not match its own metadata: missing {missing[:20]}, "
                               f"mis-shaped {mis_shaped[:20]}; the file is damaged or uses an unsupported layout")
-    state = {k: v.to(device) for k, v in state.items()}
+    if quantizer is not None:
+        model = quantizer.finish(model)
     model = assign_state(model, state, fresh, skipped, dtype, device)
     factors = _rope_freq_factors(reader)
     if factors is not None:

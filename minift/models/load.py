@@ -2,7 +2,13 @@
 
 Loading builds the model on the meta device, reads the safetensors file(s) tensor by tensor in the requested
 dtype, checks the keys exhaustively and assigns them (``load_state_dict(assign=True)``), so the weights are
-held once. ``.gguf`` paths go to ``minift.models.gguf.load_gguf(path, dtype, device, head, num_labels)``.
+held once. ``.gguf`` paths go to ``minift.models.gguf.load_gguf(path, dtype, device, head, num_labels, quantize)``.
+
+``quantize="nf4"`` (or a ``minift.quant.NF4Config``) stores the frozen base's block linears in 4 bits as their
+tensors are read (``minift.quant.StateQuantizer``): each weight is quantised and dropped before the next one is
+read, and those tensors are read with plain file reads instead of the memory map, so peak host memory is the
+4-bit model plus one tensor (a mapped file's pages would count in the process's resident memory until it closes).
+Quantisation is a storage format of the weights, like the dtype; this module knows nothing about PEFT.
 
 How a family plugs in (the interface ``gpt2.py`` / ``gpt_neo.py`` / ``llama.py`` implement)
 ----------------------------------------------------------------------------------------------
@@ -57,7 +63,7 @@ _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bf
 
 
 def load_pretrained(path: str | Path, dtype: torch.dtype | str | None = None, device: str | torch.device | None = None,
-                    head: str | None = None, num_labels: int | None = None) -> TaskModel:
+                    head: str | None = None, num_labels: int | None = None, quantize=None) -> TaskModel:
     """Load a Hugging Face checkpoint folder (or ``.gguf`` file) as a minift ``TaskModel``.
 
     Args:
@@ -68,6 +74,9 @@ def load_pretrained(path: str | Path, dtype: torch.dtype | str | None = None, de
         head: None | "classification" | "regression" | "token-classification" | "causal-lm". None gives the
             bare encoder, or for decoders the family's default (causal-lm).
         num_labels: outputs of a classification / token-classification head; None → the config's labels.
+        quantize: None, "nf4" or a ``minift.quant.NF4Config``: store the linear layers of the blocks as NF4
+            ``minift.quant.NF4Linear`` layers (frozen; ``dtype`` is then their bias's and compute dtype),
+            quantised from the checkpoint's tensors as they are read.
 
     Returns:
         The model, in eval mode, with ``fresh_keys`` (keys initialised rather than loaded) and
@@ -87,7 +96,7 @@ def load_pretrained(path: str | Path, dtype: torch.dtype | str | None = None, de
             raise ModelLoadError(f"GGUF file {path} does not exist")
         from minift.models.gguf import load_gguf  # optional dependency (the `gguf` package)
 
-        return load_gguf(path, dtype, device, head, num_labels)
+        return load_gguf(path, dtype, device, head, num_labels, quantize)
     config = read_config(path)
     family = get_family(config.model_type)
     head = head if head is not None else family.default_head
@@ -95,8 +104,23 @@ def load_pretrained(path: str | Path, dtype: torch.dtype | str | None = None, de
     files = weight_files(path)
     with torch.device("meta"):
         model = build_model(config, family, head)
-    state, skipped, fresh = read_state(files, family, model, dtype, device)
+    quantizer = state_quantizer(model, quantize, dtype)
+    state, skipped, fresh = read_state(files, family, model, dtype, device, quantizer)
+    if quantizer is not None:
+        model = quantizer.finish(model)
     return assign_state(model, state, fresh, skipped, dtype, device)
+
+
+def state_quantizer(model: TaskModel, quantize, dtype: torch.dtype):
+    """The ``minift.quant.StateQuantizer`` of ``quantize`` for the meta-built ``model``, or None."""
+    if quantize is None:
+        return None
+    from minift.quant import StateQuantizer, nf4_config
+
+    try:
+        return StateQuantizer(model, nf4_config(quantize), dtype)
+    except ValueError as e:  # an unknown format, or targets that match no linear layer
+        raise ModelLoadError(f"quantize={quantize!r}: {e}") from None
 
 
 def assign_state(model: TaskModel, state: dict[str, torch.Tensor], fresh: list[str], skipped: list[str],
@@ -214,12 +238,44 @@ def weight_files(folder: Path) -> dict[Path, list[str] | None]:
     raise ModelLoadError(f"{folder} has no {SAFETENSORS} or {SAFETENSORS_INDEX}." + (hint if found else ""))
 
 
-def _open(file: Path, device: torch.device):
+def _open(file: Path, device: torch.device, direct: bool = False):
     try:
-        return safe_open(str(file), framework="pt", device=str(device))
+        return _FileReader(file, device) if direct else safe_open(str(file), framework="pt", device=str(device))
     except Exception as e:  # safetensors raises its own SafetensorError (and OSError) for bad files
         raise CheckpointError(f"cannot read {file}: {e}. The file is truncated or corrupt; download or save "
                               "it again") from e
+
+
+_ST_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+              "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+              "BOOL": torch.bool}
+
+
+class _FileReader:
+    """A safetensors file read tensor by tensor with plain reads into fresh memory: ``safe_open``'s interface
+    (``keys``, ``get_tensor``) without its memory map, whose touched pages stay resident until the file is closed.
+    Format: 8 bytes little-endian header length, a JSON header (dtype, shape, data_offsets per tensor), the data."""
+
+    def __init__(self, file: Path, device: torch.device):
+        self.file, self.device = file, device
+        with open(file, "rb") as handle:
+            n = int.from_bytes(handle.read(8), "little")
+            self.header = json.loads(handle.read(n))
+        self.header.pop("__metadata__", None)
+        self.start = 8 + n
+
+    def keys(self) -> list[str]:
+        return list(self.header)
+
+    def get_tensor(self, key: str) -> torch.Tensor:
+        info = self.header[key]
+        begin, end = info["data_offsets"]
+        data = torch.empty(end - begin, dtype=torch.uint8)
+        with open(self.file, "rb", buffering=0) as handle:
+            handle.seek(self.start + begin)
+            if handle.readinto(data.numpy()) != end - begin:
+                raise ValueError(f"the file ends inside tensor {key!r}")
+        return data.view(_ST_DTYPES[info["dtype"]]).reshape(info["shape"]).to(self.device)
 
 
 def _normalise(keys: list[str], prefix: str, head_keys: set[str]) -> dict[str, str]:
@@ -229,14 +285,15 @@ def _normalise(keys: list[str], prefix: str, head_keys: set[str]) -> dict[str, s
 
 
 def read_state(files: dict[Path, list[str] | None], family: Family, model: TaskModel, dtype: torch.dtype,
-               device: torch.device) -> tuple[dict[str, torch.Tensor], list[str], list[str]]:
-    """Read the tensors ``model`` needs and check every key.
+               device: torch.device, quantizer=None) -> tuple[dict[str, torch.Tensor], list[str], list[str]]:
+    """Read the tensors ``model`` needs and check every key; ``quantizer`` (a ``minift.quant.StateQuantizer``)
+    converts the tensors it quantises as they are read.
 
     Returns:
         (the loaded tensors by model key, skipped checkpoint keys, fresh model keys — absent head keys that
         ``assign_state`` initialises).
     """
-    handles = {file: _open(file, device) for file in files}
+    handles = {file: _open(file, device, direct=quantizer is not None) for file in files}
     where: dict[str, tuple[Path, str]] = {}  # model key → (file, checkpoint key)
     all_keys = [(f, k) for f, h in handles.items() for k in (files[f] if files[f] is not None else h.keys())]
     head_keys = {spec.key for spec in family.heads.values()}
@@ -273,8 +330,11 @@ def read_state(files: dict[Path, list[str] | None], family: Family, model: TaskM
                 raise CheckpointError(f"cannot read tensor {ckpt_key!r} from {file}: {e}") from e
             if tuple(tensor.shape) != tuple(shape):
                 mismatched.append(f"{key}: checkpoint {tuple(tensor.shape)} vs model {tuple(shape)}")
-                continue
-            state[key] = tensor.to(dtype) if tensor.is_floating_point() else tensor
+            elif quantizer is not None and quantizer.quantizes(key):
+                state.update(quantizer.convert(key, tensor))  # the fp tensor is dropped here
+            else:
+                state[key] = tensor.to(dtype) if tensor.is_floating_point() else tensor
+            del tensor
     if missing or unexpected or mismatched:
         raise CheckpointError(_mismatch_message(files, family, model, missing, unexpected, mismatched))
     skipped = [k for k in where if k not in expected]

@@ -1,7 +1,9 @@
 """minift.peft: parameter-efficient fine-tuning layers, injected into a loaded model by swapping modules.
 
-- ``lora.py``: ``LoRALinear`` (an ``nn.Linear`` with a low-rank update; explicit ``merge()`` / ``unmerge()``).
-- ``adapter.py``: bottleneck adapters (Houlsby / Pfeiffer placements) wrapping sub-layer output projections.
+- ``lora.py``: ``LoRAPath`` (the side path) on an ``nn.Linear`` — ``LoRALinear``, explicit ``merge()`` /
+  ``unmerge()`` — or on a 4-bit ``minift.quant.NF4Linear`` — ``LoRANF4Linear`` (QLoRA).
+- ``adapter.py``: bottleneck adapters (Houlsby / Pfeiffer placements) wrapping sub-layer output projections
+  (``AdapterLinear``, ``AdapterNF4Linear`` on a 4-bit base).
 - ``bitfit.py``: which parameters are biases (BitFit adds no module).
 - ``prompt.py``: ``SoftPrompt`` and the ``PromptModel`` wrapper (prompt tuning).
 - ``config.py``: one typed config per method (``LoRAConfig``, ``AdapterConfig``, ``BitFitConfig``, ``PromptConfig``)
@@ -23,7 +25,7 @@ Example::
     export_peft(model, "run/hf-peft")  # PeftModel.from_pretrained(transformers_model, "run/hf-peft")
     save_merged(model, "run/merged")  # AutoModelForSequenceClassification.from_pretrained("run/merged")
 """
-from minift.peft.adapter import AdapterLinear, Bottleneck
+from minift.peft.adapter import AdapterLinear, AdapterNF4Linear, Bottleneck
 from minift.peft.apply import apply, merge, peft_modules, trainable_parameters, trainable_summary, unmerge
 from minift.peft.config import (
     METHODS,
@@ -36,11 +38,12 @@ from minift.peft.config import (
 )
 from minift.peft.export import export_peft, save_merged
 from minift.peft.io import load_trainable, save_trainable
-from minift.peft.lora import LoRALinear
+from minift.peft.lora import LoRALinear, LoRANF4Linear
 from minift.peft.prompt import PromptModel, SoftPrompt
 
 __all__ = [
-    "METHODS", "AdapterConfig", "AdapterLinear", "BitFitConfig", "Bottleneck", "LoRAConfig", "LoRALinear", "Method",
+    "METHODS", "AdapterConfig", "AdapterLinear", "AdapterNF4Linear", "BitFitConfig", "Bottleneck", "LoRAConfig",
+    "LoRALinear", "LoRANF4Linear", "Method",
     "PromptConfig", "PromptModel", "SoftPrompt", "apply", "export_peft", "load_trainable", "merge", "method_config",
     "peft_modules", "save_merged", "save_trainable", "trainable_parameters", "trainable_summary", "unmerge",
 ]

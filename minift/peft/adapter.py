@@ -9,16 +9,22 @@ An adapter wraps a sub-layer's *output module*: ``AdapterLinear`` is an ``nn.Lin
 ``weight`` / ``bias`` (same parameter objects, so no checkpoint key moves) and passes its output through the
 bottleneck. The output then goes on to the block's own dropout, residual add and norm, as in Houlsby's Figure 2.
 The up projection starts at exactly zero, so at initialisation the adapted model equals the base model.
+
+The bottleneck after the base layer is ``AdapterPath``, mixed into a base linear class: ``AdapterLinear =
+AdapterPath + nn.Linear`` and ``AdapterNF4Linear = AdapterPath + NF4Linear`` (a 4-bit frozen base, QLoRA §3; the
+bottleneck's own linears train, so they stay in full precision). ``minift.peft.apply`` picks the class from the
+type of the output module.
 """
 from __future__ import annotations
 
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from minift.peft.config import ADAPTER_PLACEMENTS
+from minift.quant.linear import NF4Linear
+from minift.quant.nf4 import BLOCK_SIZE, DOUBLE_BLOCK_SIZE
 
 # the modules of minift.peft.config.ADAPTER_ACTIVATIONS
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "silu": nn.SiLU}
@@ -58,7 +64,19 @@ class Bottleneck(nn.Module):
         return h + self.up(self.act(self.down(h)))  # (..., m) inside
 
 
-class AdapterLinear(nn.Linear):
+class AdapterPath:
+    """A bottleneck ``adapter`` after the base layer's output, mixed in front of a base linear class."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (..., C_in) -> (..., C_out)."""
+        return self.adapter(super().forward(x))  # (..., C_out)
+
+    def adapter_params(self) -> dict[str, nn.Parameter]:
+        """The parameters the adapter trains, by name relative to this module."""
+        return {f"adapter.{name}": p for name, p in self.adapter.named_parameters()}
+
+
+class AdapterLinear(AdapterPath, nn.Linear):
     """A sub-layer's output projection followed by a bottleneck adapter: ``adapter(x W^T + b)``.
 
     Built with ``AdapterLinear.from_linear(linear, size, activation)``; the base ``weight`` / ``bias`` are the
@@ -84,13 +102,34 @@ class AdapterLinear(nn.Linear):
         new.train(linear.training)
         return new
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (..., C_in) -> (..., C_out)."""
-        return self.adapter(F.linear(x, self.weight, self.bias))  # (..., C_out)
 
-    def adapter_params(self) -> dict[str, nn.Parameter]:
-        """The parameters the adapter trains, by name relative to this module."""
-        return {f"adapter.{name}": p for name, p in self.adapter.named_parameters()}
+class AdapterNF4Linear(AdapterPath, NF4Linear):
+    """An ``NF4Linear`` output projection followed by a bottleneck adapter: ``adapter(x dequant(W)^T + b)``.
+
+    Args: ``in_features``, ``out_features``, ``size``, ``activation``, ``bias`` as ``AdapterLinear``; then
+    ``NF4Linear``'s block sizes, ``device``, ``dtype`` (the adapter's and the bias's) and ``compute_dtype``.
+    """
+
+    def __init__(self, in_features: int, out_features: int, size: int, activation: str = "relu", bias: bool = True,
+                 block_size: int = BLOCK_SIZE, double_quant: bool = True, double_block_size: int = DOUBLE_BLOCK_SIZE,
+                 device=None, dtype=None, compute_dtype: torch.dtype | None = None):
+        super().__init__(in_features, out_features, bias, block_size, double_quant, double_block_size, device, dtype,
+                         compute_dtype)
+        self.adapter = Bottleneck(out_features, size, activation, device=device, dtype=self.dtype)
+
+    @classmethod
+    def from_nf4(cls, layer: NF4Linear, size: int, activation: str = "relu") -> AdapterNF4Linear:
+        """The adapter after ``layer``: the same codes, scales and bias tensors (no copy); the bottleneck is created
+        on the codes' device in the layer's ``dtype``."""
+        if type(layer) is not NF4Linear:
+            raise TypeError(f"AdapterNF4Linear.from_nf4 expects a plain NF4Linear, got {type(layer).__name__}")
+        new = cls(layer.in_features, layer.out_features, size, activation, bias=False, block_size=layer.block_size,
+                  double_quant=layer.double_quant, double_block_size=layer.double_block_size, device="meta",
+                  dtype=layer.dtype)
+        new.use_weight_of(layer)
+        new.adapter = Bottleneck(layer.out_features, size, activation, device=layer.weight_codes.device,
+                                 dtype=layer.dtype)
+        return new
 
 
 def adapter_param_count(hidden_size: int, size: int, num_layers: int, placement: str) -> int:

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from torch import nn
 
-from minift.peft.adapter import AdapterLinear
+from minift.peft.adapter import AdapterLinear, AdapterNF4Linear
 from minift.peft.bitfit import bias_params
 from minift.peft.config import ADAPTER_PLACEMENTS, TRAINABLE_HEADS, AdapterConfig, LoRAConfig, Method, method_config
-from minift.peft.lora import LoRALinear
+from minift.peft.lora import LoRALinear, LoRANF4Linear, LoRAPath
 from minift.peft.prompt import PromptModel, SoftPrompt
+from minift.quant.linear import NF4Linear
 
 
 def apply(model: nn.Module, method: str | Method, *, train_head: bool | None = None, **options) -> nn.Module:
@@ -119,7 +120,7 @@ def _apply_lora(model: nn.Module, cfg: LoRAConfig) -> None:
     if not targets:
         raise ValueError(f"no default LoRA targets for model type {family!r}; pass targets=[module names]")
     backbone = model.backbone
-    linears = {name: m for name, m in backbone.named_modules() if isinstance(m, nn.Linear)}
+    linears = {name: m for name, m in backbone.named_modules() if isinstance(m, (nn.Linear, NF4Linear))}
     chosen = {}
     for target in targets:
         hits = [name for name, m in backbone.named_modules() if name == target or name.endswith("." + target)]
@@ -132,8 +133,9 @@ def _apply_lora(model: nn.Module, cfg: LoRAConfig) -> None:
             raise ValueError(f"LoRA target {target!r} matches modules that are not nn.Linear: {wrong[:3]}; "
                              "LoRA applies to linear layers only")
         chosen.update({name: linears[name] for name in hits})
-    for name, linear in chosen.items():
-        _replace(backbone, name, LoRALinear.from_linear(linear, cfg.r, cfg.alpha, cfg.dropout))
+    for name, linear in chosen.items():  # a 4-bit base (minift.quant) gets the same side path
+        lora = LoRANF4Linear.from_nf4 if isinstance(linear, NF4Linear) else LoRALinear.from_linear
+        _replace(backbone, name, lora(linear, cfg.r, cfg.alpha, cfg.dropout))
 
 
 def _apply_adapters(model: nn.Module, cfg: AdapterConfig) -> None:
@@ -147,7 +149,8 @@ def _apply_adapters(model: nn.Module, cfg: AdapterConfig) -> None:
         for site in ADAPTER_PLACEMENTS[cfg.placement]:
             name = sites[site]
             linear = block.get_submodule(name)
-            _replace(block, name, AdapterLinear.from_linear(linear, size, cfg.activation))
+            adapter = AdapterNF4Linear.from_nf4 if isinstance(linear, NF4Linear) else AdapterLinear.from_linear
+            _replace(block, name, adapter(linear, size, cfg.activation))
 
 
 def peft_modules(model: nn.Module) -> dict[str, nn.Module]:
@@ -176,7 +179,8 @@ def trainable_summary(model: nn.Module) -> str:
 
 
 def merge(model: nn.Module) -> nn.Module:
-    """Merge every LoRA layer into its base weight (idempotent). Raises if the model has no LoRA layer."""
+    """Merge every LoRA layer into its base weight (idempotent). Raises if the model has no LoRA layer, and for
+    LoRA on a 4-bit base (``NotImplementedError``: ``save_merged`` exports it merged in fp32 instead)."""
     layers = _lora_layers(model)
     for layer in layers:
         layer.merge()
@@ -190,8 +194,8 @@ def unmerge(model: nn.Module) -> nn.Module:
     return model
 
 
-def _lora_layers(model: nn.Module) -> list[LoRALinear]:
-    layers = [m for m in model.modules() if isinstance(m, LoRALinear)]
+def _lora_layers(model: nn.Module) -> list[LoRAPath]:
+    layers = [m for m in model.modules() if isinstance(m, LoRAPath)]
     if not layers:
         raise ValueError("the model has no LoRA layers to merge; apply(model, 'lora', ...) first")
     return layers

@@ -12,7 +12,8 @@ true so that peft merges the transposed way. Decoder soft prompts are written as
 
 ``save_merged(model, folder)`` merges the LoRA update into the base weights and writes an HF folder with
 ``minift.models.save_pretrained`` (no LoRA keys: the LoRA layers are swapped for plain ``nn.Linear`` while
-writing and swapped back afterwards, leaving the model as it was).
+writing and swapped back afterwards, leaving the model as it was). A 4-bit base (QLoRA) is written dequantised,
+with the update added in fp32 (``LoRANF4Linear.merged_linear``), in the layers' parameter dtype.
 """
 from __future__ import annotations
 
@@ -25,9 +26,10 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from minift.peft.adapter import AdapterLinear
+from minift.peft.adapter import AdapterPath
 from minift.peft.apply import find_peft_spec, peft_modules
-from minift.peft.lora import LoRALinear
+from minift.peft.lora import LoRALinear, LoRANF4Linear, LoRAPath
+from minift.quant.linear import NF4Linear
 
 PEFT_TASK_TYPES = {
     "classification": "SEQ_CLS",
@@ -78,7 +80,7 @@ def _lora_export(model: nn.Module, options: dict) -> tuple[dict, dict]:
     prefix = model.family.prefix + "."
     tensors, targets = {}, []
     for name, module in model.named_modules():
-        if isinstance(module, LoRALinear):
+        if isinstance(module, LoRAPath):  # on an fp or a 4-bit base: the same matrices
             key = name.removeprefix(prefix) if strip else name
             targets.append(key)
             tensors[f"base_model.model.{key}.lora_A.weight"] = module.lora_A
@@ -173,7 +175,7 @@ def _modules_to_save(model: nn.Module) -> dict[str, nn.Module]:
         if any(owner == name or owner.startswith(name + ".") for name in modules):
             continue
         modules[owner] = model.get_submodule(owner)
-    lora = [name for name, module in modules.items() if isinstance(module, LoRALinear)]
+    lora = [name for name, module in modules.items() if isinstance(module, LoRAPath)]
     if lora:
         raise ValueError(f"{lora} carry LoRA but their weights are not in the base checkpoint, so peft would need "
                          "them both as LoRA targets and in modules_to_save; use save_trainable, or load a checkpoint "
@@ -184,14 +186,23 @@ def _modules_to_save(model: nn.Module) -> dict[str, nn.Module]:
 @contextmanager
 def plain_linears(model: nn.Module):
     """Temporarily replace every ``LoRALinear`` by a plain ``nn.Linear`` sharing its weight (merge first to keep
-    the update); the LoRA layers are put back on exit, even after an error."""
+    the update), and every 4-bit layer by an ``nn.Linear`` holding its dequantised weight (LoRA's update added in
+    fp32: those layers hold their fp weights only while inside); the layers are put back on exit, even after an
+    error."""
     swapped = []
     for name, module in list(model.named_modules()):
         if isinstance(module, LoRALinear):
-            parent_name, _, child = name.rpartition(".")
-            parent = model.get_submodule(parent_name) if parent_name else model
-            setattr(parent, child, module.to_linear())
-            swapped.append((parent, child, module))
+            plain = module.to_linear()
+        elif isinstance(module, LoRANF4Linear):
+            plain = module.merged_linear()
+        elif isinstance(module, NF4Linear):
+            plain = module.to_linear()
+        else:
+            continue
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child, plain)
+        swapped.append((parent, child, module))
     try:
         yield model
     finally:
@@ -202,6 +213,7 @@ def plain_linears(model: nn.Module):
 def save_merged(model: nn.Module, folder: str | Path) -> Path:
     """Write ``model`` with its LoRA merged as an HF folder (``config.json`` + ``model.safetensors``) that
     ``transformers`` loads. The model is left as it was (merged or not). BitFit models are written as they are.
+    A 4-bit base is dequantised and merged in fp32, then written in its layers' parameter dtype.
 
     Raises ``ValueError`` for adapters and soft prompts, which have no merged form in the base architecture.
     """
@@ -211,7 +223,7 @@ def save_merged(model: nn.Module, folder: str | Path) -> Path:
     if spec is not None and spec.name == "prompt":
         raise ValueError("a soft prompt cannot be merged into the base weights; save it with save_trainable "
                          "(or export the base model and prompt separately)")
-    if any(isinstance(m, AdapterLinear) for m in model.modules()):
+    if any(isinstance(m, AdapterPath) for m in model.modules()):
         raise ValueError("bottleneck adapters add layers the base architecture lacks, so they cannot be merged; "
                          "save them with save_trainable")
     # Unmerged layers get their exact weights back afterwards (an unmerge would round in the last bit).

@@ -115,7 +115,8 @@ def load_trainable(model: nn.Module, folder: str | Path) -> nn.Module:
         params.update(frozen_to_save(model))
         everything = dict(model.named_parameters())
         params.update({name: everything[name] for name in recorded if name in everything})
-    # A merged LoRA layer holds its old update in the weight: take it out before replacing A and B.
+    # A merged LoRA layer holds its old update in the weight: take it out before replacing A and B. LoRA on a
+    # 4-bit base (LoRANF4Linear, not a LoRALinear) never merges: nothing to undo there.
     merged = [m for m in model.modules() if isinstance(m, LoRALinear) and m.merged]
     for m in merged:
         m.unmerge()

@@ -10,6 +10,12 @@ them under ``weight_codes``, ``weight_absmax`` and, with double quantisation, ``
 ``F.linear`` and drops it; the backward pass dequantises again instead of autograd keeping the weight alive
 between the two (``_NF4LinearFunction``, as torchao's ``linear_nf4``). Under gradient checkpointing the block is
 recomputed, which dequantises a third time: 4-bit memory is bought with that arithmetic.
+
+Two dtypes (bitsandbytes' ``Linear4bit`` has the same pair): ``dtype`` is the layer's parameter dtype (its bias,
+the parameters a PEFT method adds beside it, the weight a merged export writes); ``compute_dtype`` is the dtype
+the weight is dequantised to and the matmul runs in outside autocast (the input is cast to it and the output
+back to the input's dtype). Under ``torch.autocast`` the autocast dtype is the compute dtype and the output is in
+it, as ``nn.Linear``'s. ``minift.quant.compute_dtype_for`` says which compute dtype a run uses (bf16 on CUDA).
 """
 from __future__ import annotations
 
@@ -45,12 +51,12 @@ class _NF4LinearFunction(torch.autograd.Function):
         return grad_x, None, grad_bias, None
 
 
-def compute_dtype_of(x: torch.Tensor) -> torch.dtype:
-    """The dtype a matmul on ``x`` runs in: the autocast dtype inside autocast, else ``x``'s own."""
+def autocast_dtype_of(x: torch.Tensor) -> torch.dtype | None:
+    """The autocast dtype for ``x``'s device when autocast is on there, else None."""
     device = x.device.type
     if device in ("cpu", "cuda") and torch.is_autocast_enabled(device):
         return torch.get_autocast_dtype(device)
-    return x.dtype
+    return None
 
 
 class NF4Linear(nn.Module):
@@ -63,26 +69,29 @@ class NF4Linear(nn.Module):
         block_size: weights per absmax block (64).
         double_quant: whether the absmax are quantised to 8 bits (blocks of ``double_block_size`` = 256).
         device: where the (empty) buffers are created; "meta" gives a layer for counting bytes without memory.
-        dtype: the layer's compute dtype: the bias's dtype and ``dequantized_weight``'s default.
+        dtype: the parameter dtype (the bias's; default: torch's default dtype).
+        compute_dtype: the dtype of the dequantised weight and the matmul outside autocast (default: ``dtype``).
 
-    Buffers (filled by ``from_linear`` or ``load_state_dict``): ``weight_codes`` uint8 (C_out * C_in / 2, padded to
-    whole blocks), ``weight_absmax`` fp32 (nb,) or uint8 (nb,) with double quantisation, then also
-    ``weight_absmax_scale`` fp32 (ceil(nb / 256),) and ``weight_absmax_offset`` fp32 ().
+    Buffers (filled by ``from_linear``, ``init_normal_`` or ``load_state_dict``): ``weight_codes`` uint8
+    (C_out * C_in / 2, padded to whole blocks), ``weight_absmax`` fp32 (nb,) or uint8 (nb,) with double
+    quantisation, then also ``weight_absmax_scale`` fp32 (ceil(nb / 256),) and ``weight_absmax_offset`` fp32 ().
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, block_size: int = BLOCK_SIZE,
-                 double_quant: bool = True, double_block_size: int = DOUBLE_BLOCK_SIZE, device=None, dtype=None):
+                 double_quant: bool = True, double_block_size: int = DOUBLE_BLOCK_SIZE, device=None, dtype=None,
+                 compute_dtype: torch.dtype | None = None):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
         self.block_size, self.double_quant, self.double_block_size = block_size, double_quant, double_block_size
-        self.compute_dtype = dtype or torch.get_default_dtype()
+        self.dtype = dtype or torch.get_default_dtype()
+        self.compute_dtype = compute_dtype or self.dtype
         empty = quantize_nf4(torch.empty(out_features, in_features, device="meta"), block_size, double_quant,
                              double_block_size)
         for name, field in BUFFERS.items():
             t = getattr(empty, field)
             if t is not None:
                 self.register_buffer(name, torch.empty(t.shape, dtype=t.dtype, device=device))
-        bias_tensor = torch.zeros(out_features, device=device, dtype=self.compute_dtype) if bias else None
+        bias_tensor = torch.zeros(out_features, device=device, dtype=self.dtype) if bias else None
         self.bias = nn.Parameter(bias_tensor, requires_grad=False) if bias else None
 
     @classmethod
@@ -91,25 +100,45 @@ class NF4Linear(nn.Module):
                     compute_dtype: torch.dtype | None = None) -> NF4Linear:
         """Quantise ``linear``'s weight in one pass (on its device) into a new ``NF4Linear``.
 
-        The bias is frozen (reused as it is when already in ``compute_dtype``, default: the weight's dtype; a
-        method that trains it, BitFit, sets ``requires_grad`` afterwards). The caller drops ``linear`` to free the
-        fp weight.
+        The layer's ``dtype`` is the weight's; its bias is ``linear``'s own parameter, frozen (a method that trains
+        it, BitFit, sets ``requires_grad`` afterwards). The caller drops ``linear`` to free the fp weight.
         """
         weight = linear.weight
-        dtype = compute_dtype or weight.dtype
         new = cls(linear.in_features, linear.out_features, bias=False, block_size=block_size,
-                  double_quant=double_quant, device="meta", dtype=dtype)
-        record = quantize_nf4(weight, block_size, double_quant)
-        for name, field in BUFFERS.items():
-            if getattr(record, field) is not None:
-                setattr(new, name, getattr(record, field))
+                  double_quant=double_quant, device="meta", dtype=weight.dtype, compute_dtype=compute_dtype)
+        new.set_weight(quantize_nf4(weight, block_size, double_quant))
         if linear.bias is not None:
-            bias = linear.bias
-            if bias.dtype != dtype:
-                bias = nn.Parameter(bias.detach().to(dtype))
-            new.bias = bias.requires_grad_(False)
+            new.bias = linear.bias.requires_grad_(False)
         new.train(linear.training)
         return new
+
+    def set_weight(self, record: NF4Weight) -> None:
+        """Store ``record`` (from ``quantize_nf4`` with this layer's block sizes) as the layer's buffers."""
+        if tuple(record.shape) != (self.out_features, self.in_features) or record.double_quant != self.double_quant:
+            raise ValueError(f"an NF4 weight of shape {tuple(record.shape)} (double_quant={record.double_quant}) "
+                             f"does not fit {self.extra_repr()}")
+        for name, field in BUFFERS.items():
+            if getattr(record, field) is not None:
+                setattr(self, name, getattr(record, field))
+
+    def use_weight_of(self, other: NF4Linear) -> None:
+        """Point this layer at ``other``'s codes, scales and bias (the same tensors, no copy), with its dtypes."""
+        for name in BUFFERS:
+            if name in other._buffers:
+                setattr(self, name, other._buffers[name])
+        self.bias = other.bias
+        self.dtype, self.compute_dtype = other.dtype, other.compute_dtype
+        self.train(other.training)
+
+    @torch.no_grad()
+    def init_normal_(self, std: float = 0.02, generator: torch.Generator | None = None) -> NF4Linear:
+        """Quantise a fresh N(0, std²) weight into the buffers, on their device (random models for memory and speed
+        checks: only this layer's fp32 weight is ever alive beside the 4-bit ones)."""
+        device = self.weight_codes.device
+        weight = torch.empty(self.out_features, self.in_features, device=device).normal_(0.0, std,
+                                                                                         generator=generator)
+        self.set_weight(quantize_nf4(weight, self.block_size, self.double_quant, self.double_block_size))
+        return self
 
     @property
     def nf4_weight(self) -> NF4Weight:
@@ -127,21 +156,26 @@ class NF4Linear(nn.Module):
                          self.double_block_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (..., C_in) -> (..., C_out), computed in x's dtype (or the autocast dtype)."""
-        dtype = compute_dtype_of(x)
+        """x: (..., C_in) -> (..., C_out): in the autocast dtype under autocast, else in x's dtype (computed in
+        ``compute_dtype``)."""
+        amp = autocast_dtype_of(x)
+        dtype = amp or self.compute_dtype
         bias = self.bias.to(dtype) if self.bias is not None else None
         if x.is_meta or self.weight_codes.is_meta:
-            return F.linear(x.to(dtype), torch.empty(self.out_features, self.in_features, dtype=dtype,
-                                                     device="meta"), bias)
-        return _NF4LinearFunction.apply(x, self.nf4_weight, bias, dtype)
+            w = torch.empty(self.out_features, self.in_features, dtype=dtype, device="meta")
+            y = F.linear(x.to(dtype), w, bias)
+        else:
+            y = _NF4LinearFunction.apply(x.to(dtype), self.nf4_weight, bias, dtype)  # (..., C_out)
+        return y if amp is not None else y.to(x.dtype)
 
     def dequantized_weight(self, dtype: torch.dtype | None = None) -> torch.Tensor:
-        """The weight (C_out, C_in) in ``dtype`` (default: the compute dtype), e.g. to merge LoRA in fp32 for export."""
-        return dequantize_nf4(self.nf4_weight, dtype or self.compute_dtype)
+        """The weight (C_out, C_in) in ``dtype`` (default: the layer's ``dtype``), e.g. to merge LoRA in fp32."""
+        return dequantize_nf4(self.nf4_weight, dtype or self.dtype)
 
     def to_linear(self, dtype: torch.dtype | None = None) -> nn.Linear:
-        """A plain ``nn.Linear`` with the dequantised weight in ``dtype`` (and this layer's bias, cast)."""
-        dtype = dtype or self.compute_dtype
+        """A plain ``nn.Linear`` with the dequantised weight in ``dtype`` (default: the layer's ``dtype``) and this
+        layer's bias, cast."""
+        dtype = dtype or self.dtype
         weight = self.dequantized_weight(dtype)
         linear = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None, device="meta")
         linear.weight = nn.Parameter(weight, requires_grad=False)
@@ -152,11 +186,13 @@ class NF4Linear(nn.Module):
 
     def _apply(self, fn, recurse=True):
         # model.to(torch.bfloat16) / .half() must move the block scales but not round them: they stay fp32. A
-        # floating cast changes the compute dtype instead (and the bias, an ordinary parameter, follows it).
+        # floating cast changes the layer's dtypes instead (and the bias, an ordinary parameter, follows it).
         scales = {name: t for name, t in self._buffers.items() if t is not None and t.is_floating_point()}
-        probe = torch.empty(0, dtype=self.compute_dtype, device=self.weight_codes.device)
+        probe = torch.empty(0, dtype=self.dtype, device=self.weight_codes.device)
         super()._apply(fn, recurse)
-        self.compute_dtype = fn(probe).dtype
+        cast = fn(probe).dtype
+        if cast != self.dtype:
+            self.dtype = self.compute_dtype = cast
         for name, old in scales.items():
             new = self._buffers[name]
             if new.dtype != old.dtype:
@@ -165,4 +201,5 @@ class NF4Linear(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
-                f"block_size={self.block_size}, double_quant={self.double_quant}, compute_dtype={self.compute_dtype}")
+                f"block_size={self.block_size}, double_quant={self.double_quant}, dtype={self.dtype}, "
+                f"compute_dtype={self.compute_dtype}")

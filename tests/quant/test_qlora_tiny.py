@@ -1,5 +1,8 @@
 """quantize_model on a tiny random Llama, and the PEFT methods on its 4-bit base (QLoRA §3, Eq. 5): what is swapped,
-what trains, that the 4-bit codes never change, the LoRA merged export, and the byte count on the meta device."""
+what trains, that the 4-bit codes never change, the LoRA merged export, and the byte count on the meta device.
+
+The order is a run's: quantise the frozen base (here ``quantize_model``; ``load_pretrained(quantize=...)`` in
+test_load_quantized.py), then ``minift.peft.apply``, which picks the NF4 PEFT layers from the base layer's type."""
 from __future__ import annotations
 
 import copy
@@ -13,16 +16,10 @@ from minift import peft
 from minift.models.config import ModelConfig
 from minift.models.load import build_model
 from minift.models.registry import get_family
+from minift.peft.adapter import AdapterNF4Linear
 from minift.peft.io import load_trainable_state, trainable_state
-from minift.quant import (
-    AdapterNF4Linear,
-    LoRANF4Linear,
-    NF4Linear,
-    nf4_bytes,
-    nf4_layers,
-    quantize_model,
-    quantized_bytes,
-)
+from minift.peft.lora import LoRANF4Linear
+from minift.quant import NF4Config, NF4Linear, nf4_bytes, nf4_layers, quantize_model, quantized_bytes
 
 LINEARS_PER_BLOCK = 7  # q, k, v, o, gate, up, down
 
@@ -71,7 +68,7 @@ def test_quantize_model_swaps_the_block_linears_only():
     embeddings, head = model.get_input_embeddings(), model.head
     fp_bytes = quantized_bytes(model)
     linear_numel = sum(m.weight.numel() for m in model.blocks.modules() if isinstance(m, nn.Linear))
-    quantize_model(model, double_quant=True)
+    quantize_model(model, NF4Config(double_quant=True))
     assert len(nf4_layers(model)) == 2 * LINEARS_PER_BLOCK
     assert not any(type(m) is nn.Linear for m in model.blocks.modules())
     assert model.get_input_embeddings() is embeddings and model.head is head and type(head) is nn.Linear
@@ -86,17 +83,15 @@ def test_quantize_model_swaps_the_block_linears_only():
 
 
 def test_quantize_model_targets():
-    model = quantize_model(tiny_llama(), targets=["q_proj", "mlp.down_proj"])
+    model = quantize_model(tiny_llama(), NF4Config(targets=["q_proj", "mlp.down_proj"]))
     assert sorted(name.rpartition(".")[2] for name in nf4_layers(model)) == ["down_proj"] * 2 + ["q_proj"] * 2
     with pytest.raises(ValueError, match="match no linear layer"):
-        quantize_model(tiny_llama(), targets=["query"])
+        quantize_model(tiny_llama(), NF4Config(targets=["query"]))
 
 
 def test_lora_on_nf4_starts_at_the_base_trains_only_lora_and_never_changes_the_codes():
-    base = tiny_llama()
-    plain = quantize_model(copy.deepcopy(base))
-    model = peft.apply(copy.deepcopy(base), "lora", r=4, alpha=8, dropout=0.0)
-    quantize_model(model)
+    plain = quantize_model(tiny_llama())
+    model = peft.apply(copy.deepcopy(plain), "lora", r=4, alpha=8, dropout=0.0)
     lora = {name: m for name, m in model.named_modules() if isinstance(m, LoRANF4Linear)}
     assert sorted({name.rpartition(".")[2] for name in lora}) == ["q_proj", "v_proj"]
     ids = torch.randint(1, 100, (2, 9))
@@ -113,7 +108,7 @@ def test_lora_on_nf4_starts_at_the_base_trains_only_lora_and_never_changes_the_c
 
 
 def test_lora_on_nf4_gradients_with_checkpointing_and_bf16_autocast():
-    model = quantize_model(peft.apply(tiny_llama(), "lora", r=4, alpha=8, dropout=0.0))
+    model = peft.apply(quantize_model(tiny_llama()), "lora", r=4, alpha=8, dropout=0.0)
     for m in model.modules():
         if isinstance(m, LoRANF4Linear):
             nn.init.normal_(m.lora_B, std=0.1)
@@ -134,7 +129,7 @@ def test_lora_on_nf4_gradients_with_checkpointing_and_bf16_autocast():
 
 
 def test_lora_on_nf4_merged_linear_equals_the_layer():
-    model = quantize_model(peft.apply(tiny_llama(), "lora", r=4, alpha=8, dropout=0.0))
+    model = peft.apply(quantize_model(tiny_llama()), "lora", r=4, alpha=8, dropout=0.0)
     layer = next(m for m in model.modules() if isinstance(m, LoRANF4Linear))
     nn.init.normal_(layer.lora_B, std=0.5)
     x = torch.randn(3, 64)
@@ -147,10 +142,10 @@ def test_lora_on_nf4_merged_linear_equals_the_layer():
 
 
 def test_adapters_bitfit_and_prompt_train_on_an_nf4_base():
-    adapter = quantize_model(peft.apply(tiny_llama(), "adapter", size=8))
+    adapter = peft.apply(quantize_model(tiny_llama()), "adapter", size=8)
     assert sum(isinstance(m, AdapterNF4Linear) for m in adapter.modules()) == 4  # houlsby: 2 per block
-    bitfit = quantize_model(peft.apply(tiny_llama(attention_bias=True), "bitfit"))
-    prompt = quantize_model(peft.apply(tiny_llama(), "prompt", length=4, init="random"))
+    bitfit = peft.apply(quantize_model(tiny_llama(attention_bias=True)), "bitfit")
+    prompt = peft.apply(quantize_model(tiny_llama()), "prompt", length=4, init="random")
     for model in (adapter, bitfit, prompt):
         codes = nf4_state(model)
         trainable = [p for p in model.parameters() if p.requires_grad]
@@ -161,11 +156,11 @@ def test_adapters_bitfit_and_prompt_train_on_an_nf4_base():
     assert {n.rpartition(".")[2] for n, p in bitfit.named_parameters() if p.requires_grad} == {"bias"}
 
 
-def test_quantising_a_trained_weight_is_an_error():
-    model = peft.apply(tiny_llama(), "lora", r=4, alpha=8)
-    model.blocks[0].self_attn.k_proj.weight.requires_grad_(True)
-    with pytest.raises(ValueError, match="trains under 'lora'"):
-        quantize_model(model)
+def test_quantising_after_peft_is_an_error():
+    with pytest.raises(ValueError, match="before applying a PEFT method"):
+        quantize_model(peft.apply(tiny_llama(), "lora", r=4, alpha=8))
+    with pytest.raises(ValueError, match="before applying a PEFT method"):
+        quantize_model(peft.apply(tiny_llama(), "prompt", length=2, init="random"))
 
 
 @pytest.mark.parametrize("double_quant", [False, True])
@@ -173,7 +168,7 @@ def test_quantized_bytes_on_the_meta_device(double_quant):
     model = tiny_llama(device="meta")
     numels = [m.weight.numel() for m in model.blocks.modules() if isinstance(m, nn.Linear)]
     fp_bytes = quantized_bytes(model)
-    quantize_model(model, double_quant=double_quant)
+    quantize_model(model, NF4Config(double_quant=double_quant))
     assert all(b.is_meta for b in model.buffers())
     expected = fp_bytes - 4 * sum(numels) + sum(nf4_bytes(n, 64, double_quant) for n in numels)
     assert quantized_bytes(model) == expected
@@ -183,7 +178,7 @@ def test_quantized_bytes_on_the_meta_device(double_quant):
 def test_qlora_trainable_state_has_the_keys_of_a_bf16_lora_and_reloads():
     base = tiny_llama()
     fp_lora = peft.apply(copy.deepcopy(base), "lora", r=4, alpha=8)
-    qlora = quantize_model(peft.apply(copy.deepcopy(base), "lora", r=4, alpha=8))
+    qlora = peft.apply(quantize_model(copy.deepcopy(base)), "lora", r=4, alpha=8)
     train_steps(qlora, steps=1)
     state = trainable_state(qlora)
     assert state.keys() == trainable_state(fp_lora).keys()  # an adapter trained on 4 bits loads on the bf16 base
@@ -191,7 +186,7 @@ def test_qlora_trainable_state_has_the_keys_of_a_bf16_lora_and_reloads():
     assert all(torch.equal(p, state[n]) for n, p in trainable_state(fp_lora).items())
     # a layer built on the meta device takes the whole saved state (codes, scales, LoRA) and gives the same output
     layer = qlora.blocks[0].self_attn.q_proj.eval()  # no LoRA dropout
-    fresh = LoRANF4Linear(64, 64, bias=False, device="meta", r=4, alpha=8)
+    fresh = LoRANF4Linear(64, 64, r=4, alpha=8, bias=False, device="meta")
     fresh.load_state_dict(layer.state_dict(), assign=True)
     x = torch.randn(2, 64)
     with torch.no_grad():
