@@ -44,8 +44,8 @@ from minift.data.paths import data_file, resolve_data_dir
 from minift.data.prompts import check_label_words, check_prompt
 from minift.data.readers_file import FILE_KINDS, read_file_task
 
-FEW_SHOT_PER_CLASS = 16  # examples per class in the *_fs tasks
-FEW_SHOT_SEED = 42
+FEW_SHOT_PER_CLASS = 16  # examples per class in the *_fs tasks (load_task's few_shot_k, --few-shot-k)
+FEW_SHOT_SEED = 42  # the seed drawing them (few_shot_seed, --few-shot-seed)
 
 # Causal-LM form of a sentiment task: the model reads the prompt and generates the label word.
 SENTIMENT_PROMPT = "Sentence: {text}\nSentiment:"
@@ -112,7 +112,8 @@ def task_names() -> list[str]:
 
 def load_task(name: str, data_dir: str | Path | None = None, *, text_column: str = "text",
               label_column: str = "label", text_pair_column: str | None = None,
-              kind: str | None = None, prompt: str | None = None, label_words: list[str] | None = None) -> Task:
+              kind: str | None = None, prompt: str | None = None, label_words: list[str] | None = None,
+              few_shot_k: int | None = None, few_shot_seed: int | None = None) -> Task:
     """Build a task from its files.
 
     Args:
@@ -122,6 +123,8 @@ def load_task(name: str, data_dir: str | Path | None = None, *, text_column: str
             classification, regression, causal-lm or sft (None: classification or regression, from the labels).
         prompt / label_words: causal-LM tasks only: the prompt template and the word of each class (in class-id
             order), in place of the task's own (``minift.data.prompts``).
+        few_shot_k / few_shot_seed: ``_fs`` tasks only: training examples drawn per class (None: 16) and the seed
+            that draws them (None: 42), the course's sample.
 
     Returns:
         The :class:`Task`, every split non-empty.
@@ -130,12 +133,19 @@ def load_task(name: str, data_dir: str | Path | None = None, *, text_column: str
         DataError: unknown task, missing file (named, with where it was looked for and the public source),
             malformed row (file and line), empty split, or a bad prompt or label words.
     """
+    few_shot = {"--few-shot-k": few_shot_k, "--few-shot-seed": few_shot_seed}
+    given = [flag for flag, value in few_shot.items() if value is not None]
+    if given and ALIASES.get(name, name) not in FEW_SHOT:
+        raise DataError(f"{' and '.join(given)}: options of the few-shot tasks ({', '.join(FEW_SHOT)}); task "
+                        f"{name!r} is not one")
+    if few_shot_k is not None and (isinstance(few_shot_k, bool) or not isinstance(few_shot_k, int) or few_shot_k < 1):
+        raise DataError(f"--few-shot-k must be a positive number of examples per class, got {few_shot_k!r}")
     key = name if name.startswith("file:") else ALIASES.get(name, name)
     _check_prompt_options(name, key, kind if name.startswith("file:") else _kind(key), prompt, label_words)
     if name.startswith("file:"):
         task = _file_task(name, text_column, label_column, text_pair_column, kind)
     else:
-        task = _named_task(key, name, data_dir)
+        task = _named_task(key, name, data_dir, few_shot_k, few_shot_seed)
     return _with_prompt(task, prompt, label_words) if task.kind == "causal-lm" else task
 
 
@@ -200,14 +210,17 @@ def _file_task(name: str, text_column: str, label_column: str, text_pair_column:
                 main_metric=metrics[0], description=f"custom task from {spec}")
 
 
-def _named_task(key: str, name: str, data_dir: str | Path | None) -> Task:
+def _named_task(key: str, name: str, data_dir: str | Path | None, few_shot_k: int | None = None,
+                few_shot_seed: int | None = None) -> Task:
     if key in FEW_SHOT:
+        k = FEW_SHOT_PER_CLASS if few_shot_k is None else few_shot_k
+        seed = FEW_SHOT_SEED if few_shot_seed is None else few_shot_seed
         base = load_task(FEW_SHOT[key], data_dir)
         splits = dict(base.splits)
-        splits["train"] = few_shot_sample(base.splits["train"], FEW_SHOT_PER_CLASS, FEW_SHOT_SEED)
+        splits["train"] = few_shot_sample(base.splits["train"], k, seed)
         return replace(base, name=key, splits=splits,
-                       description=f"{base.description}; few-shot: {FEW_SHOT_PER_CLASS} train examples per class "
-                       f"(seed {FEW_SHOT_SEED}), {len(splits['train'])} in all")
+                       description=f"{base.description}; few-shot: {k} train examples per class "
+                       f"(seed {seed}), {len(splits['train'])} in all")
     if key in CAUSAL_LM:
         base_name, prompt, words = CAUSAL_LM[key]
         base = load_task(base_name, data_dir)

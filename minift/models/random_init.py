@@ -39,7 +39,7 @@ def from_config(config: str | Path | dict | ModelConfig, head: str | None = None
         num_labels: outputs of a classification / token-classification head; None: the config's labels.
         seed: seeds the weights (the same seed gives the same model).
         dtype: parameter dtype (a ``torch.dtype`` or its name); None: float32.
-        device: where the weights are created; None: cpu.
+        device: where the weights are created; None: cpu. ``"meta"``: shapes only, nothing drawn (for counting).
 
     Returns:
         The model in eval mode; ``fresh_keys`` lists every key (all were initialised), ``skipped_keys`` is empty.
@@ -57,7 +57,7 @@ def from_config(config: str | Path | dict | ModelConfig, head: str | None = None
     device = torch.device(device if device is not None else "cpu")
     with torch.device("meta"), _SkipInit():
         model = build_model(model_config, family, head)
-    generator = torch.Generator(device=device).manual_seed(int(seed))
+    generator = torch.Generator(device=device).manual_seed(int(seed)) if device.type != "meta" else None
     state = {}
     tied = model.head_spec.key + ".weight" if model.is_tied else None
     for key, tensor in model.state_dict().items():
@@ -102,12 +102,14 @@ class _SkipInit(TorchFunctionMode):
 
 
 @torch.no_grad()
-def _init_tensor(model: nn.Module, key: str, like: torch.Tensor, std: float, generator: torch.Generator,
+def _init_tensor(model: nn.Module, key: str, like: torch.Tensor, std: float, generator: torch.Generator | None,
                  dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """One tensor of ``model.state_dict()`` initialised as transformers initialises a fresh module."""
     owner_name, _, name = key.rpartition(".")
     owner = model.get_submodule(owner_name) if owner_name else model
     target = dtype if like.is_floating_point() else like.dtype
+    if device.type == "meta":
+        return torch.empty(like.shape, dtype=target, device=device)
     if name in owner._buffers:  # buffers (e.g. position ids) are recomputed by reset_buffers, or zero
         return torch.zeros(like.shape, dtype=target, device=device)
     t = torch.empty(like.shape, dtype=torch.float32, device=device)

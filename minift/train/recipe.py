@@ -23,7 +23,7 @@ import torch
 
 from minift.optim import build_optimizer, build_scheduler
 from minift.precision import uses_grad_scaler
-from minift.train import distributed, runfolder
+from minift.train import disk, distributed, runfolder
 from minift.train.batching import BatchPlan, eval_batches
 from minift.train.build import build, check_same_training_data, pick_device, seed_everything
 from minift.train.checkpoint import (
@@ -35,6 +35,7 @@ from minift.train.checkpoint import (
     save_weights,
 )
 from minift.train.config import TrainConfig
+from minift.train.dryrun import dry_run, param_counts
 from minift.train.evaluate import answers, evaluate
 from minift.train.flags import check_resumable, saved_config
 from minift.train.interrupt import Interrupted, StopRequest, exit_status, immediate_stops
@@ -285,7 +286,9 @@ class Recipe:
         metrics = self.val_metrics() if self.main else {}
         value = metrics.get(self.task.main_metric)
         # NaN (e.g. Pearson's r of constant predictions) never improves: stored as the best, nothing would beat it.
-        improved = value is not None and math.isfinite(value) and self.task.better(value, state.best_metric)
+        # --best-tie latest: an evaluation that ties the best so far becomes the best (earliest: it does not).
+        improved = value is not None and math.isfinite(value) and (
+            self.task.better(value, state.best_metric) or (c.best_tie == "latest" and value == state.best_metric))
         if metrics:
             record = {"type": "eval", "step": state.step, "epoch": state.epoch, "reason": reason, **metrics}
             state.history.append(record)
@@ -314,7 +317,8 @@ class Recipe:
         stats = self.stats
         self.state.log_window = [stats.loss.item(), stats.targets, stats.examples, stats.tokens]
         save_checkpoint(self.out / runfolder.CHECKPOINTS, self.model, self.optimizer, self.scheduler,
-                        self.scaler if self.scaler.is_enabled() else None, asdict(self.state))
+                        self.scaler if self.scaler.is_enabled() else None, asdict(self.state),
+                        keep=disk.keep(self.config.save))
         self.saved_step, self.last_save = self.state.step, time.monotonic()
 
     # --- the end -----------------------------------------------------------------------------------------------
@@ -348,6 +352,7 @@ class Recipe:
                                                           batch_size=c.eval_batch_size, pad_id=self.data.special.pad))
             summary["wall_time_s"] = round(time.time() - self.started, 1)
             runfolder.write_summary(self.out, summary)
+            disk.finish(self.out, c.save, runfolder.CHECKPOINTS, runfolder.BEST)  # --save: what stays
         if distributed.world_size() > 1:  # every process returns process 0's summary
             distributed.barrier()
             summary = runfolder.read_summary(self.out)
@@ -364,8 +369,8 @@ class Recipe:
                 "best_validation": state.best_metric, "best_step": state.best_step, "steps": state.step,
                 "skipped_steps": state.skipped_steps, "stopped": state.stopped or "completed",
                 "train_examples": len(self.data.train), "test_examples": len(self.data.test),
-                "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
-                "all_params": sum(p.numel() for p in model.parameters()), "output_dir": str(self.out)}
+                **param_counts(model), "init": c.init, "best_tie": c.best_tie, "save": c.save,
+                "output_dir": str(self.out)}
 
 
 def train_one(config: TrainConfig, progress=None) -> dict:
@@ -374,5 +379,9 @@ def train_one(config: TrainConfig, progress=None) -> dict:
     Raises:
         TrainingStopped: NaN loss, or Ctrl-C / SIGTERM / SIGHUP (the folder holds the last good checkpoint).
         minift.models.ModelLoadError / minift.data.DataError / TrainSetupError: bad model, data or options.
+
+    ``config.dry_run``: set up and count only (``dryrun.py``), no training and no test.
     """
+    if config.dry_run:
+        return dry_run(config)
     return Recipe(config, progress).run()
