@@ -53,8 +53,11 @@ def _heading(sweep: Sweep, outcomes: list, rows, cols, groups) -> str:
     over = f"mean ± std over seeds {', '.join(map(str, seeds))}" if seeds and len(seeds) > 1 else "one seed"
     lower = sorted({m for g in groups for m in g.metrics if lower_is_better(m)})
     direction = "higher is better" + (f"; lower for {', '.join(lower)}" if lower else "")
-    return (f"# Sweep {sweep.output_dir}\n\n{len(outcomes)} cells: {done} finished, {failed} failed, "
-            f"{len(outcomes) - done - failed} not run. Test metrics, {over}; rows: {rows or 'all'}, columns: "
+    counted = f"{len(outcomes)} cells: {done} finished, {failed} failed, {len(outcomes) - done - failed} not run."
+    if not any(g.metrics for g in groups):  # a --dry-run sweep
+        return (f"# Sweep {sweep.output_dir}\n\n{counted} No test metrics (a --dry-run sweep, or no run has "
+                f"finished): trainable parameters and their % of all; rows: {rows or 'all'}, columns: {cols}.")
+    return (f"# Sweep {sweep.output_dir}\n\n{counted} Test metrics, {over}; rows: {rows or 'all'}, columns: "
             f"{cols}. Trainable parameters and their % of all beside each row. Best mean per column in bold "
             f"({direction}).")
 
