@@ -54,6 +54,19 @@ def read_summary(folder: Path) -> dict | None:
         return None
 
 
+def other_settings(cell: Cell, folder: Path) -> str:
+    """Why the run in ``folder`` is not the cell's (its config.json differs where a resumed run's may not), or ""."""
+    from minift.train.config import TrainConfigError
+    from minift.train.flags import check_resumable, saved_config
+
+    try:
+        check_resumable(saved_config(str(folder)), dataclasses.replace(cell.config, resume=str(folder)))
+    except TrainConfigError as err:
+        return (f"{folder} holds a run with other settings than this cell's ({err}); delete the folder to run the "
+                "cell again, or give the sweep another output_dir")
+    return ""
+
+
 def has_checkpoint(folder: Path) -> bool:
     from minift.train.checkpoint import candidates
 
@@ -61,10 +74,15 @@ def has_checkpoint(folder: Path) -> bool:
 
 
 def outcome_of(cell: Cell) -> Outcome:
-    """A cell as its folder shows it now: finished (it has a summary), or pending."""
-    summary = read_summary(Path(cell.config.output_dir))
+    """A cell as its folder shows it now: finished (it has a summary), or pending; a summary of a run with other
+    settings than the cell's (the sweep file changed since) is a failure that says so, and is kept."""
+    folder = Path(cell.config.output_dir)
+    summary = read_summary(folder)
     if summary is None:
         return Outcome(cell)
+    problem = other_settings(cell, folder)
+    if problem:
+        return Outcome(cell, "failed", summary, problem, skipped=True)
     failed = summary.get("stopped") == "nan"
     return Outcome(cell, "failed" if failed else "finished", summary,
                    "the training loss became NaN/inf (delete the cell's folder to run it again)" if failed else "",

@@ -68,3 +68,13 @@ def test_figures_of_a_method_sweep(assets, tmp_path, capsys):
     assert "| method | trainable | % | accuracy | micro_f1 | macro_f1 |" in printed.out
     assert all((out / c / "curves.png").is_file() for c in ("method=full__seed=1", "method=bitfit__seed=2"))
     assert Path(out / "results.tex").read_text().count(r"\toprule") == 1
+
+
+def test_a_finished_cell_of_other_settings_is_not_taken(assets, tmp_path, capsys):
+    """The sweep file changed after a run finished: its summary is not the cell's result (and is not deleted)."""
+    models, tasks = assets
+    args = ["--grid", "seed=1", "--model", str(models["bert-tiny"]), "--task", tasks["has-w7"], "--output-dir",
+            str(tmp_path / "sweep"), "--plot", "false", "--method", "full", *SHARED]
+    assert _run(args, capsys)[0] == 0
+    code, printed = _run([*args, "--lr", "0.5"], capsys)
+    assert code == 1 and "holds a run with other settings" in printed.out and "--lr 3e-05 → 0.5" in printed.out
