@@ -209,8 +209,8 @@ def check_max_length(config: TrainConfig, task: Task, model: nn.Module, tokenize
         middle = (low + high) // 2
         low, high = (middle, high) if not problem(middle) else (low, middle)
     extra = f" and the {generated} tokens generated to evaluate the task's labels" if generated else ""
-    raise TrainSetupError(f"--max-length {config.max_length}{extra} is too long for {model.config.model_type} model "
-                          f"{resolve_model_path(config)} ({said}): use --max-length {low} or less")
+    raise TrainSetupError(f"--max-length {config.max_length}{extra} is too long for this {model.config.model_type} "
+                          f"model ({said}): use --max-length {low} or less")
 
 
 @dataclass

@@ -96,7 +96,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="Fine-tune a model on a task with full fine-tuning or a PEFT method.",
         epilog=f"--precision also reads the earlier spellings {', '.join(PRECISION_ALIASES)} (aliases of "
                f"{', '.join(PRECISION_ALIASES.values())}) for one release. YAML files and run folders from earlier "
-               "releases may use the flat keys lora_r, adapter_size, prompt_init, ...",
+               "releases may use the flat keys lora_r, adapter_size, prompt_init, ... "
+               "--resume RUN_DIR continues a run with its saved config: --epochs / --max-steps may be raised, "
+               "--max-length changed when no training example is longer than the shorter length, and "
+               f"{', '.join(flag(n) for n in RESUME_FREE if n not in ('resume', 'seeds'))} changed freely; other "
+               "flags are refused. A non-empty --output-dir needs --resume or --overwrite. Exit status: 2 for a bad "
+               "input, 1 after a NaN loss or running out of memory, 130 / 143 / 129 after Ctrl-C / SIGTERM / SIGHUP "
+               "(checkpointed; a second signal stops at once).",
         allow_abbrev=False,
     )
     parser.add_argument("--config", help="a YAML file of config keys (default: configs/<task>.yaml if present)")

@@ -41,7 +41,7 @@ from minift.train.build import TrainSetupError, pick_device
 from minift.train.checkpoint import find_checkpoint, recover_weights, remove_stale
 from minift.train.config import TrainConfig
 from minift.train.flags import run_folder, same_run_config
-from minift.train.savestate import atomic_write_json
+from minift.train.savestate import atomic_write_bytes, atomic_write_json
 
 CONFIG_YAML, CONFIG_JSON, LOG, SUMMARY, BEST, CHECKPOINTS = ("config.yaml", "config.json", "metrics.jsonl",
                                                              "summary.json", "best", "checkpoints")
@@ -219,7 +219,7 @@ def write_config(out: Path, config: TrainConfig, saved: dict | None) -> None:
     if saved is not None and same_run_config(saved, config):
         return
     atomic_write_json(out / CONFIG_JSON, config.to_dict())
-    (out / CONFIG_YAML).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    atomic_write_bytes(out / CONFIG_YAML, yaml.safe_dump(config.to_dict(), sort_keys=False).encode("utf-8"))
 
 
 def append_log(out: Path, record: dict) -> None:
@@ -239,7 +239,7 @@ def truncate_log(out: Path, step: int) -> None:
                 kept.append(line)
         except (ValueError, AttributeError):  # a line cut short by a crash
             continue
-    path.write_text("".join(line + "\n" for line in kept))
+    atomic_write_bytes(path, "".join(line + "\n" for line in kept).encode("utf-8"))
 
 
 def write_summary(out: Path, summary: dict) -> None:

@@ -38,7 +38,7 @@ def interrupted_message(signum: int, out: Path, step: int, at_once: bool) -> str
     kept = (f"the last complete checkpoint is {checkpoint}; continue with `python -m minift.train --resume {out}`"
             if checkpoint is not None else f"no checkpoint had been written yet: start the run again (--overwrite "
                                            f"reuses {out})")
-    return f"a second {name} stopped the run at once, during step {step + 1}: {kept}"
+    return f"a second {name} stopped the run at once, after step {step}: {kept}"
 
 
 def stopped_outside_loop(signum: int, phase: str, folder, summary: dict) -> TrainingStopped:

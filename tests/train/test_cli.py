@@ -107,14 +107,21 @@ def test_seeds_write_mean_and_std_tables(tmp_path):
 
 @pytest.mark.slow
 def test_torchrun_two_processes_match_one_process(tmp_path):
-    """2 processes × batch 4 (gloo) and 1 process × batch 8: same global batches, same final metrics."""
+    """2 processes × batch 4 (gloo) and 1 process × batch 8: same global batches, same final metrics. Without
+    --output-dir, the two processes agree on one new runs/<task>-<method>-<timestamp> folder."""
     model, task = cli_assets(tmp_path, dropout=0.0)
-    base = common(model, task, tmp_path / "ddp", "--epochs", "2", "--device", "cpu")
+    base = common(model, task, tmp_path / "unused", "--epochs", "2", "--device", "cpu")
     base[base.index("--batch-size") + 1] = "4"
+    del base[base.index("--output-dir"):base.index("--output-dir") + 2]
+    work = tmp_path / "work"
+    work.mkdir()
     ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                          "-m", "minift.train", *base], env=ENV, cwd=REPO, capture_output=True, text=True,
+                          "-m", "minift.train", *base], env=ENV, cwd=work, capture_output=True, text=True,
                          timeout=900, check=False)
     assert ddp.returncode == 0, ddp.stdout + ddp.stderr
+    folders = list((work / "runs").iterdir())
+    assert len(folders) == 1, folders
+    (tmp_path / "ddp").symlink_to(folders[0].resolve())
     assert main(common(model, task, tmp_path / "single", "--epochs", "2", "--device", "cpu")) == 0
     two = json.loads((tmp_path / "ddp" / "summary.json").read_text())
     one = json.loads((tmp_path / "single" / "summary.json").read_text())
