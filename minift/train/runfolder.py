@@ -199,10 +199,13 @@ def _lock(path: Path) -> None:
     fd = os.open(key, os.O_RDONLY)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
+    except BlockingIOError:
         os.close(fd)
         raise TrainSetupError(f"{path} is in use by another minift run right now (it holds the folder's lock): wait "
                               "for it to end, or choose another --output-dir") from None
+    except OSError:  # a file system without locks (some network mounts): the run goes on unlocked
+        os.close(fd)
+        return
     _HELD[key] = fd
 
 
