@@ -49,6 +49,7 @@ def test_a_second_signal_during_a_checkpoint_write_stops_at_once_and_leaves_no_t
         writes[0] += 1
         if path.name == "trainable.safetensors" and path.parent.name == "step-3.tmp":
             os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.002)  # the first one is handled before the second arrives
             os.kill(os.getpid(), signal.SIGTERM)
         real(path, data)
 
