@@ -73,6 +73,7 @@ def _run(argv: list, console) -> int:
     from minift.sweep import load_sweep, outcome_of, run_sweep, write_report
     from minift.train.config import nest
     from minift.train.progress import RunProgress
+    from minift.train.recipe import TrainingStopped
 
     args = vars(build_parser().parse_args(argv))
     sweep_args = {k: args.pop(k, None) for k in ("sweep_file", "grid", "rows", "cols", "tables_only", "config",
@@ -82,7 +83,11 @@ def _run(argv: list, console) -> int:
     if sweep_args["tables_only"]:
         outcomes = [outcome_of(cell) for cell in sweep.cells()]
     else:
-        outcomes = run_sweep(sweep, RunProgress(console), say=lambda text: console.print(text, highlight=False))
+        try:
+            outcomes = run_sweep(sweep, RunProgress(console), say=lambda text: console.print(text, highlight=False))
+        except (TrainingStopped, KeyboardInterrupt):  # a signal stopped a cell: the tables of what has finished
+            write_report(sweep, [outcome_of(cell) for cell in sweep.cells()], figures=False)
+            raise
     report = write_report(sweep, outcomes, figures=sweep.shared.get("plot", True))
     print(report["markdown"])
     console.print(f"tables: {', '.join(str(p) for p in report['files'])}" +

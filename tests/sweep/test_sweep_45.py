@@ -54,3 +54,29 @@ def test_45_run_grid_killed_and_resumed(assets, tmp_path):
         assert line.count(" ± ") == 3 and "(n=" not in line and "—" not in line
     assert (out / "results.tex").read_text().count(r"\toprule") >= 1
     assert len((out / "results.csv").read_text().splitlines()) > 9
+
+
+def test_sigterm_stops_the_sweep_and_the_same_command_goes_on(assets, tmp_path):
+    """SIGTERM (a batch system's stop) checkpoints the running cell, as in minift.train, writes the tables of what
+    finished and ends the sweep; the same command finishes it."""
+    models, tasks = assets
+    path = sweepkit.grid_file(tmp_path, {"bert-tiny": models["bert-tiny"]}, {"length": tasks["length"]},
+                              seeds=[1, 2, 3], max_steps=3, eval_every=1)
+    out = tmp_path / "sweep"
+    with open(tmp_path / "first.log", "w") as log:
+        first = _sweep(path, log, tmp_path)
+        deadline = time.time() + 240
+        while not list(out.glob("*/summary.json")):
+            assert first.poll() is None and time.time() < deadline, (tmp_path / "first.log").read_text()[-3000:]
+            time.sleep(0.05)
+        first.send_signal(signal.SIGTERM)
+        code = first.wait(timeout=120)
+    assert code in (143, -signal.SIGTERM), (tmp_path / "first.log").read_text()[-3000:]
+    done = len(list(out.glob("*/summary.json")))
+    if code == 143:  # stopped by minift (not between two cells, where SIGTERM ends the process at once)
+        assert "run the same sweep command again" in (tmp_path / "first.log").read_text()
+        assert (out / "results.md").is_file()
+    with open(tmp_path / "second.log", "w") as log:
+        assert _sweep(path, log, tmp_path).wait(timeout=300) == 0, (tmp_path / "second.log").read_text()[-3000:]
+    assert f"{done} of 3 cells already finished" in (tmp_path / "second.log").read_text()
+    assert {c["status"] for c in json.loads((out / "cells.json").read_text())} == {"finished"}
