@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Collection
 from pathlib import Path
 
 import yaml
@@ -88,12 +89,18 @@ def task_yaml(task: str) -> Path | None:
 
 # --- the parser ----------------------------------------------------------------------------------------------------
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(fields: Collection[str] | None = None, methods: bool = True, prog: str = "python -m minift.train",
+                 description: str = "Fine-tune a model on a task with full fine-tuning or a PEFT method.",
+                 ) -> argparse.ArgumentParser:
     """The ``python -m minift.train`` argument parser: ``--config``, one flag per plain config field, and the
-    method options' flags of ``minift.peft.flags`` (``--lora-r``, ``--adapter-size``, ``--prompt-text``, ...)."""
+    method options' flags of ``minift.peft.flags`` (``--lora-r``, ``--adapter-size``, ``--prompt-text``, ...).
+
+    Another command takes a subset of the same flags (one vocabulary): ``fields`` names the plain config fields that
+    become flags (None: all), ``methods=False`` leaves the method options out (``python -m minift.eval``).
+    """
     parser = argparse.ArgumentParser(
-        prog="python -m minift.train",
-        description="Fine-tune a model on a task with full fine-tuning or a PEFT method.",
+        prog=prog,
+        description=description,
         epilog=f"--precision also reads the earlier spellings {', '.join(PRECISION_ALIASES)} (aliases of "
                f"{', '.join(PRECISION_ALIASES.values())}) for one release. YAML files and run folders from earlier "
                "releases may use the flat keys lora_r, adapter_size, prompt_init, ... "
@@ -110,6 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="show the traceback of an error, for a bug report (also: MINIFT_DEBUG=1)")
     defaults, comments = TrainConfig(), field_comments(TrainConfig)
     for name, annotation in plain_fields().items():
+        if fields is not None and name not in fields:
+            continue
         shown = f"per method, {DEFAULT_LR}" if name == "lr" else getattr(defaults, name)
         help_text = f"{comments.get(name, '')} (default: {shown})".replace("%", "%%")
         if name in PARSERS:
@@ -122,7 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
             extra = {"type": value_parser(annotation)}
         parser.add_argument(*FLAG_NAMES.get(name, (flag(name),)), dest=name, default=argparse.SUPPRESS,
                             help=help_text, **extra)
-    add_method_flags(parser.add_argument_group("method options (each used by its method only)"))
+    if methods:
+        add_method_flags(parser.add_argument_group("method options (each used by its method only)"))
     return parser
 
 

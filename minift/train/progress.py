@@ -66,5 +66,11 @@ def summary_table(summary: dict) -> Table:
                   f"({100 * summary['trainable_params'] / max(1, summary['all_params']):.2f}%)")
     if "wall_time_s" in summary:
         table.add_row("wall time", f"{summary['wall_time_s']:.1f} s")
+    if summary.get("adapter"):  # python -m minift.eval: the weights evaluated
+        table.add_row("weights", summary["adapter"])
+    if summary.get("note"):
+        table.add_row("note", summary["note"])
     table.add_row("run folder", summary["output_dir"])
+    if summary.get("stopped") != "evaluated":  # a training run: where its weights go next
+        table.add_row("export", f"python -m minift.export --run {summary['output_dir']} --format gguf|hf|peft")
     return table
