@@ -91,14 +91,16 @@ def _unmergeable(model: nn.Module) -> str | None:
 
 def chat_template(run: LoadedRun, special) -> str | None:
     """The chat template the run used, for the export: ``--chat-template`` of an SFT run, else the checkpoint's own
-    (the plain template only when an SFT run trained with it). None when there is none, or before minift had chat
-    templates."""
+    (the plain template only when an SFT run trained with it). None when there is none, or when it cannot be
+    compiled here (no Jinja2, or a broken template): the export then carries the checkpoint's own as it is."""
+    from minift.data.chat import PLAIN_TEMPLATE, load_chat_template
+    from minift.data.errors import DataError
+
+    override = run.config.chat_template
     try:
-        from minift.data.chat import PLAIN_TEMPLATE, load_chat_template
-    except ImportError:
+        source = load_chat_template(run.tokenizer_path, run.tokenizer, special, override).source
+    except DataError:
         return None
-    override = getattr(run.config, "chat_template", None)
-    source = load_chat_template(run.tokenizer_path, run.tokenizer, special, override).source
     return None if source == PLAIN_TEMPLATE and override is None and run.task.kind != "sft" else source
 
 
@@ -138,7 +140,7 @@ def write_gguf_export(run: LoadedRun, out: Path, dtype: str) -> None:
 
 def write_hf_export(run: LoadedRun, out: Path) -> None:
     """``save_merged`` / ``save_pretrained``, then the tokenizer files (from a GGUF: minift's rebuilt
-    ``tokenizer.json`` and a ``tokenizer_config.json`` naming its special tokens and chat template)."""
+    ``tokenizer.json``) and a ``tokenizer_config.json`` with the chat template the run used."""
     from minift.data.tokenizer import special_ids
     from minift.models import save_pretrained
     from minift.peft import save_merged
@@ -148,20 +150,24 @@ def write_hf_export(run: LoadedRun, out: Path) -> None:
         save_merged(run.model, out)
     else:
         save_pretrained(run.model, out)
+    special = special_ids(run.tokenizer, run.model.config)
+    settings = {"tokenizer_class": "PreTrainedTokenizerFast"}
     if run.tokenizer_path.is_dir():
         for name in TOKENIZER_FILES:
             if (run.tokenizer_path / name).is_file():
                 shutil.copy2(run.tokenizer_path / name, out / name)
-        return
-    run.tokenizer.save(str(out / "tokenizer.json"))
-    special = special_ids(run.tokenizer, run.model.config)
-    settings = {"tokenizer_class": "PreTrainedTokenizerFast"}
-    settings.update({f"{key}_token": run.tokenizer.id_to_token(getattr(special, key)) for key in ("bos", "eos", "pad")
-                     if getattr(special, key) is not None})
+        if (out / "tokenizer_config.json").is_file():
+            settings = json.loads((out / "tokenizer_config.json").read_text(encoding="utf-8"))
+    else:
+        run.tokenizer.save(str(out / "tokenizer.json"))
+        settings.update({f"{key}_token": run.tokenizer.id_to_token(getattr(special, key))
+                         for key in ("bos", "eos", "pad") if getattr(special, key) is not None})
     template = chat_template(run, special)
-    if template:
+    if template:  # the one the run used (an SFT run's --chat-template), where transformers and minift read it
         settings["chat_template"] = template
-    (out / "tokenizer_config.json").write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
+        (out / "chat_template.jinja").unlink(missing_ok=True)
+    if template or not run.tokenizer_path.is_dir():
+        (out / "tokenizer_config.json").write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
 
 
 def _claim(out: Path, overwrite: bool) -> Path:

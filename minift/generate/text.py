@@ -61,11 +61,8 @@ def chat_prompts(generator: Generator, prompts: Sequence[str], system: str | Non
                  template: str | None = None) -> list[str]:
     """Each prompt as a user turn (after ``system``, if given), rendered by the chat template with the assistant's
     turn opened. ``template``: ``--chat-template`` (a Jinja file or ``plain``), None for the checkpoint's own."""
-    try:
-        from minift.data.chat import load_chat_template
-    except ImportError:  # instruction tuning (issue 10, item 3) brings chat templates
-        raise UsageError("--chat: this minift cannot render chat templates yet (minift.data.chat is missing); "
-                         "leave --chat out and write the prompt in the model's format") from None
+    from minift.data.chat import load_chat_template
+
     chat = load_chat_template(generator.path, generator.tokenizer, generator.special, template)
     head = [{"role": "system", "content": system}] if system else []
     return [chat.render([*head, {"role": "user", "content": p}], add_generation_prompt=True) for p in prompts]

@@ -68,8 +68,7 @@ def test_gguf_loads_in_minift_and_transformers_with_the_runs_logits(lora, dtype,
         torch.testing.assert_close(got, expected, atol=TOLERANCE[dtype], rtol=0)
     meta = gguf.GGUFReader(str(out)).fields
     assert meta["general.name"].contents() == run.name
-    if "tokenizer.chat_template" in meta:  # once minift reads chat templates: the checkpoint's own travels along
-        assert meta["tokenizer.chat_template"].contents() == CHATML
+    assert meta["tokenizer.chat_template"].contents() == CHATML  # the checkpoint's own travels along
 
 
 def test_hf_folder_and_peft_adapter(lora, tmp_path):
@@ -147,3 +146,19 @@ def test_what_cannot_be_exported_is_refused(tmp_path, shared_data, capsys):
     assert main(["--run", str(classifier), "--format", "peft", "--out", str(tmp_path / "c")]) == 2
     assert "full fine-tuning run has no adapter" in capsys.readouterr().err
     assert main(["--run", str(tmp_path / "nothing"), "--format", "hf"]) == 2
+
+
+def test_an_instruction_tuned_run_carries_the_template_it_was_tuned_with(tmp_path):
+    from minift.data.chat import PLAIN_TEMPLATE
+
+    model = llama_folder(tmp_path)
+    (model / "tokenizer_config.json").unlink()  # a checkpoint without a chat template: the run uses the plain one
+    data = tmp_path / "chats.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"say {w}", "response": w}) + "\n" for w in kit.WORDS[:24]))
+    run = train_run(tmp_path / "sft", f"file:{data}", model, "lora", "--task-kind", "sft", "--max-steps", "2",
+                    "--chat-template", "plain", "--max-length", "48")
+    assert main(["--run", str(run), "--format", "gguf", "--out", str(tmp_path / "m.gguf")]) == 0
+    assert gguf.GGUFReader(str(tmp_path / "m.gguf")).fields["tokenizer.chat_template"].contents() == PLAIN_TEMPLATE
+    assert main(["--run", str(run), "--format", "hf", "--out", str(tmp_path / "hf")]) == 0
+    settings = json.loads((tmp_path / "hf" / "tokenizer_config.json").read_text())
+    assert settings["chat_template"] == PLAIN_TEMPLATE

@@ -58,7 +58,6 @@ def test_adapter_generates_with_the_runs_weights(llama, tmp_path, capsys):
 
 
 def test_chat_renders_the_checkpoints_template(llama, capsys):
-    pytest.importorskip("minift.data.chat")
     model, tokenizer = load_pretrained(llama), load_tokenizer(llama)
     rendered = "<|im_start|>system\nbe brief<|im_end|>\n<|im_start|>user\nhello<|im_end|>\n<|im_start|>assistant\n"
     expected = _continuation(model, tokenizer, rendered, special_tokens=False)
