@@ -12,17 +12,18 @@ import argparse
 from pathlib import Path
 
 from minift.eval.cli import UsageError, add_debug_flag
-from minift.eval.trained import Trained, find_trained
+from minift.eval.trained import Trained, build_values, find_trained
 from minift.train.config import METHOD_FIELDS, TrainConfig, merge, nest, plain_fields
 from minift.train.flags import build_parser as train_parser
 from minift.train.flags import load_yaml, task_yaml
 
-# TrainConfig fields only training reads (an evaluation takes the method and its options from --adapter).
+# TrainConfig fields only training reads (an evaluation takes the method, its options and a 4-bit base from the
+# evaluated run: --adapter).
 TRAINING_ONLY = frozenset({
     "method", "resume", "seeds", "overwrite", "epochs", "max_steps", "batch_size", "grad_accum", "group_by_length",
     "lr", "weight_decay", "betas", "eps", "schedule", "warmup", "clip", "gradient_checkpointing", "eval_every",
     "eval_each_epoch", "early_stopping", "log_every", "save_every_minutes", "save_every_steps", "train_head", "plot",
-    "packing", "sample_answers", "best_tie", "save", "dry_run",
+    "packing", "sample_answers", "best_tie", "save", "dry_run", "quantize", "double_quant",
 })
 # What an evaluation on another task than the run's still takes from the run (the rest describes the run's task).
 RUN_SETTINGS = ("model", "data_dir", "max_length", "precision", "eval_batch_size", "seed", "device", "val_fraction")
@@ -50,7 +51,8 @@ def _keep(values: dict) -> dict:
 
 
 def resolve_eval_config(argv: list | None = None) -> tuple[TrainConfig, Trained | None]:
-    """The evaluation's ``TrainConfig`` (method ``full``: the model as loaded) and the weights to load, if any.
+    """The evaluation's ``TrainConfig`` (method ``full``: the model as loaded; with ``--adapter``, the weights' own
+    method and the run's 4-bit base, see ``trained.build_values``) and the weights to load, if any.
 
     Raises ``SystemExit`` (argparse) on unknown flags, ``TrainConfigError`` / ``TrainedError`` / ``UsageError``."""
     args = vars(build_parser().parse_args(argv))
@@ -70,4 +72,5 @@ def resolve_eval_config(argv: list | None = None) -> tuple[TrainConfig, Trained 
     values = {key: value for key, value in values.items() if key not in METHOD_FIELDS}
     if trained is not None and trained.kind == "full" and values.get("model") is None and trained.run is None:
         values["model"], trained = str(trained.path), None  # a full fine-tuning folder on its own is the model
-    return TrainConfig(**{**values, "task": task, "method": "full", "plot": False}), trained
+    values.update(build_values(trained) if trained is not None else {"method": "full"})
+    return TrainConfig(**{**values, "task": task, "plot": False}), trained

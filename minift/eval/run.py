@@ -1,7 +1,8 @@
 """Evaluate a model on a task's test split without training, and write the result as a run does.
 
 The pieces are the training engine's: ``minift.train.build.build`` (task, tokenizer, model, encoded splits — the
-method is ``full``, i.e. the model as loaded), :func:`minift.eval.trained.load_trained` (a run's weights on top),
+method is the evaluated weights' own, or ``full`` for the model as loaded), :func:`minift.eval.trained.load_trained`
+(a run's weights into it),
 ``minift.train.batching.eval_batches`` and ``minift.train.evaluate.evaluate`` (generated labels for causal-LM
 tasks). The summary has the keys of a training run's ``summary.json`` (``steps`` 0, no validation, ``stopped``
 ``"evaluated"``), plus ``adapter`` (the weights evaluated, or None) and ``note`` (what the numbers mean).
@@ -74,7 +75,7 @@ def evaluate_run(config: TrainConfig, trained: Trained | None = None, say: Calla
     ``config.json`` to a new folder; return the summary.
 
     Args:
-        config: from :func:`minift.eval.config.resolve_eval_config` (method ``full``: nothing is applied at build).
+        config: from :func:`minift.eval.config.resolve_eval_config` (the weights' method, applied at build).
         trained: a run's weights, loaded onto the freshly built model.
         say: shown a line before the (possibly long) evaluation starts.
     """
@@ -84,16 +85,14 @@ def evaluate_run(config: TrainConfig, trained: Trained | None = None, say: Calla
     try:
         device = pick_device(config.device)
         seed_everything(config.seed)  # the fresh head of an untrained encoder is drawn from it
-        built = build(config, device)
+        built = build(config, device)  # with the weights' own method (its parameters counted as the run's)
         model = built.model
-        for p in model.parameters():
-            p.requires_grad_(False)
         fresh_head = trained is None and _head_is_fresh(model)
-        if trained is not None:
+        if trained is None:  # the model as loaded: nothing trained
+            for p in model.parameters():
+                p.requires_grad_(False)
+        else:
             model = load_trained(model, trained).to(device)
-            if trained.kind == "full":  # counted as the run counted them: full fine-tuning trained every weight
-                for p in model.parameters():
-                    p.requires_grad_(True)
         batches = eval_batches(built.data.test, built.data.collate, config.eval_batch_size)
         if say is not None:
             how = "generating labels for" if built.task.kind == "causal-lm" else "scoring"

@@ -87,10 +87,32 @@ def find_trained(path: str | Path) -> Trained:
     return Trained(path, kind, run, config)
 
 
+# What a run's config says about how its model was built beyond the method: a 4-bit (QLoRA) base.
+BUILD_KEYS = ("quantize", "double_quant")
+
+
+def build_values(trained: Trained) -> dict:
+    """TrainConfig values that build the base model as the run built it, with the weights' own method applied (the
+    saved method, its options and ``train_head``, read from the PEFT folder), so that :func:`load_trained` loads
+    into the same modules — a QLoRA run's 4-bit base included. Full fine-tuning: method ``full``."""
+    from minift.train.config import METHOD_FIELDS
+
+    values = {key: trained.config[key] for key in BUILD_KEYS if trained.config and key in trained.config}
+    if trained.kind != "peft":
+        return {**values, "method": "full"}
+    from minift.peft.io import read_spec
+
+    spec = read_spec(trained.path)[0]
+    values.update(method=spec.name, train_head=spec.train_head)
+    if spec.name in METHOD_FIELDS:
+        values[spec.name] = spec.options
+    return values
+
+
 def load_trained(model: nn.Module, trained: Trained) -> nn.Module:
-    """Load ``trained`` onto ``model`` — a fresh base model with the run's head, built as training built it (no PEFT
-    method applied) — and return it (a ``PromptModel`` wrapper for a soft prompt). Raises ``TrainedError`` when the
-    weights do not fit this model."""
+    """Load ``trained`` onto ``model`` — built as training built it, with :func:`build_values` (the run's head and
+    method) — and return it (a ``PromptModel`` wrapper for a soft prompt). Raises ``TrainedError`` when the weights
+    do not fit this model."""
     from minift.train.checkpoint import load_weights
 
     try:

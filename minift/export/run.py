@@ -3,9 +3,10 @@
 The run's weights are loaded as ``python -m minift.eval`` loads them (:mod:`minift.eval.trained`: the run's saved
 config gives the base model and the task, hence the head), in fp32, then written by the one writer of each format:
 
-- ``gguf``: ``minift.models.gguf_write.write_gguf`` — a causal LM only, LoRA merged in fp32 (``LoRALinear.merge``)
-  and swapped back to plain linears (``minift.peft.export.plain_linears``), then cast to ``--dtype``; the tokenizer is
-  the source GGUF's, copied, or the HF folder's byte-level BPE, with the chat template the run used;
+- ``gguf``: ``minift.models.gguf_write.write_gguf`` — a causal LM only, LoRA merged in fp32 (``LoRALinear.merge``;
+  a QLoRA base dequantised) and swapped back to plain linears (``minift.peft.export.plain_linears``), then cast to
+  ``--dtype``; the tokenizer is the source GGUF's, copied, or the HF folder's byte-level BPE, with the chat
+  template the run used;
 - ``hf``: ``minift.peft.save_merged`` (LoRA merged; BitFit as it is) or ``minift.models.save_pretrained`` (full
   fine-tuning), plus the base model's tokenizer files, so the folder loads on its own in minift and transformers;
 - ``peft``: ``minift.peft.export_peft`` (LoRA, decoder soft prompts), for ``PeftModel.from_pretrained``.
@@ -19,7 +20,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from minift.eval.cli import UsageError
-from minift.eval.trained import Trained, find_trained, load_trained
+from minift.eval.trained import Trained, build_values, find_trained, load_trained
 
 FORMATS = ("gguf", "hf", "peft")
 # The tokenizer files of an HF folder, copied into an exported one (those the base model has).
@@ -51,7 +51,7 @@ class LoadedRun:
     task: object  # minift.data Task (its kind decides the head and the chat template)
     model_path: Path  # the base checkpoint (or preset / config of --init random)
     tokenizer_path: Path  # where the tokenizer (and its chat template) came from: --tokenizer or the checkpoint
-    config: object  # the run's TrainConfig (method full: the weights are loaded, not applied afresh)
+    config: object  # the run's TrainConfig, with the weights' own method (trained.build_values)
     name: str  # the run folder's name
 
 
@@ -64,14 +64,12 @@ def load_run(trained: Trained) -> LoadedRun:
         raise UsageError(f"--run {trained.path}: a weights folder outside a run folder; pass the run folder (its "
                          "config.json names the base model and the task)")
     saved = {key: value for key, value in trained.config.items() if key not in ("resume", "seeds", "output_dir")}
-    config = TrainConfig(**{**saved, "method": "full", "precision": "fp32", "device": "cpu",
+    config = TrainConfig(**{**saved, **build_values(trained), "precision": "fp32", "device": "cpu",
                             "gradient_checkpointing": False})
     task = build_task(config)
     path = resolve_model_path(config)
     tokenizer = load_run_tokenizer(config, path, task)
     model = build_model(config, task, path, tokenizer, torch.device("cpu"))
-    for p in model.parameters():
-        p.requires_grad_(False)
     source = Path(config.tokenizer).expanduser() if getattr(config, "tokenizer", None) else path
     return LoadedRun(load_trained(model, trained).eval(), tokenizer, task, path, source, config,
                      (trained.run or trained.path).name)
@@ -123,17 +121,17 @@ def _gguf_vocab(run: LoadedRun) -> list:
 
 
 def write_gguf_export(run: LoadedRun, out: Path, dtype: str) -> None:
-    """LoRA merged in fp32 and swapped back to plain linears, then ``write_gguf``."""
+    """LoRA merged in fp32 and swapped back to plain linears (a 4-bit QLoRA base dequantised, its update added in
+    fp32, as ``save_merged`` does), then ``write_gguf``."""
     from minift.models.gguf_write import check_writable, write_gguf
-    from minift.peft import merge
-    from minift.peft.apply import find_peft_spec
     from minift.peft.export import plain_linears
+    from minift.peft.lora import LoRALinear
 
     model = run.model
-    spec = find_peft_spec(model)
-    if spec is not None and spec.name == "lora":
-        merge(model)  # the delta in fp32 (LoRA's merge), into fp32 weights (load_run loads fp32)
-    with torch.no_grad(), (plain_linears(model) if spec is not None else nullcontext()):
+    for module in model.modules():
+        if isinstance(module, LoRALinear):
+            module.merge()  # the delta in fp32 into fp32 weights (load_run loads fp32); 4-bit layers merge below
+    with torch.no_grad(), plain_linears(model):
         check_writable(model)  # before the vocabulary: the model's reason comes first
         write_gguf(model, out, _gguf_vocab(run), dtype, run.name)
 

@@ -5,6 +5,7 @@ Examples::
     python -m minift.memory --params 3e9                       # a typical 3B decoder, every method
     python -m minift.memory --model llama-3.2-3b --precision bf16 --batch-size 4 --gpu 80GB
     python -m minift.memory --model path/to/hf_folder --method lora --lora-r 16 --json
+    python -m minift.memory --model llama-3.2-3b --quantize nf4 --precision bf16   # QLoRA: a 4-bit frozen base
     python -m minift.memory --model llama-3.2-1b --method lora --profile   # measure on a CUDA GPU
     python -m minift.memory --model bert-base --max-length 128 --device cpu --profile   # measure on the CPU
 
@@ -31,6 +32,7 @@ from minift.models.registry import HEAD_KINDS
 from minift.peft.config import METHODS, Method
 from minift.peft.flags import BOOL_FLAG, add_method_flags, method_from_flags
 from minift.precision import ALIASES, PRECISIONS
+from minift.quant import QUANTIZE_FORMATS
 
 _SIZE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*(gib|gb|g|mib|mb|m)?\s*$", re.IGNORECASE)
 OLD_SPELLING = "earlier spelling, kept for one release"
@@ -74,6 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"micro-batches per optimizer step (--grad-accumulation: {OLD_SPELLING})")
     p.add_argument("--gradient-checkpointing", "--grad-checkpointing", dest="gradient_checkpointing", default=False,
                    **BOOL_FLAG, help=f"recompute each block in backward (--grad-checkpointing: {OLD_SPELLING})")
+    p.add_argument("--quantize", choices=QUANTIZE_FORMATS, default=None,
+                   help="store the frozen base's block linears in 4 bits (QLoRA's NF4), as minift.train --quantize")
+    p.add_argument("--double-quant", default=True, **BOOL_FLAG,
+                   help="with --quantize: quantise the block scales to 8 bits too (default: true)")
     p.add_argument("--optimizer", choices=OPTIMIZERS, default="adamw")
     p.add_argument("--attention", choices=ATTENTIONS, default="sdpa")
     p.add_argument("--head", default="auto", choices=["auto", *HEAD_KINDS, "none"],
@@ -96,7 +102,8 @@ def _setup(args: argparse.Namespace) -> Setup:
     return Setup(batch_size=args.batch_size, max_length=args.max_length, precision=args.precision,
                  optimizer=args.optimizer, gradient_checkpointing=args.gradient_checkpointing,
                  attention=args.attention, head=None if args.head == "none" else args.head, padded=args.padded,
-                 device=args.device, grad_accum=args.grad_accum)
+                 device=args.device, grad_accum=args.grad_accum, quantize=args.quantize,
+                 double_quant=args.double_quant)
 
 
 def _methods(args: argparse.Namespace, config, setup: Setup) -> list[Method]:
@@ -162,8 +169,9 @@ def _main(args: argparse.Namespace) -> int:
         smallest = min((r for r, _ in runnable), key=lambda r: r.peak)
         print(f"nothing fits on a {human(gpu)} GPU (usable ≈ {human(usable(gpu))}): the smallest peak is "
               f"{human(smallest.peak)} ({smallest.method}, batch 1 × {setup.max_length}). Try "
-              "--gradient-checkpointing, --precision bf16-pure, a PEFT method, a shorter --max-length or a larger "
-              "GPU.", file=sys.stderr)
+              "--gradient-checkpointing, --precision bf16-pure, a PEFT method"
+              + ("" if setup.quantize else " (with --quantize nf4: a 4-bit base)")
+              + ", a shorter --max-length or a larger GPU.", file=sys.stderr)
         status = 1
     if args.profile:
         status = max(status, _profile(console, config, [m for _, m in runnable], setup, args.steps, args.debug))

@@ -25,6 +25,7 @@ from minift.models.config import ModelConfig
 from minift.models.heads import head_dropout
 from minift.models.registry import MemorySpec, get_family
 from minift.peft.config import Method
+from minift.quant import NF4Config
 
 
 @dataclass(frozen=True)
@@ -82,9 +83,11 @@ class _Ctx:
         self.sites = self.family.adapter_sites  # the sub-layers' output projections
 
     def proj(self, x: Sym, name: str) -> Sym:
-        """The linear ``name`` with whatever PEFT module the method swapped in (``LoRALinear`` / ``AdapterLinear``)."""
+        """The linear ``name`` with whatever PEFT module the method swapped in (``LoRALinear`` / ``AdapterLinear``,
+        or their 4-bit ``LoRANF4Linear`` / ``AdapterNF4Linear``)."""
         tape, lin = self.tape, self.facts.linears[name]
-        y = tape.linear(x, lin.in_f, lin.out_f, lin.weight_trains, lin.bias_trains, weight=name)
+        copied = "" if lin.quantized else name  # a 4-bit weight is dequantised per matmul: autocast copies none
+        y = tape.linear(x, lin.in_f, lin.out_f, lin.weight_trains, lin.bias_trains, weight=copied)
         if lin.lora_r:
             h = tape.linear(tape.dropout(x, lin.lora_dropout), lin.in_f, lin.lora_r, True, weight=name + ".lora_A")
             z = tape.linear(h, lin.lora_r, lin.out_f, True, weight=name + ".lora_B")  # (B, T, C_out)
@@ -261,7 +264,8 @@ def _head(ctx: _Ctx, x: Sym, padded: bool) -> tuple[int, int]:
 
 def trace_activations(config: ModelConfig, method: Method, batch: Batch, head: str | None = None, *,
                       device: str = "cuda", autocast: bool = False, param_itemsize: int = FP32,
-                      attention: str = "sdpa", grad_checkpointing: bool = False) -> Activations:
+                      attention: str = "sdpa", grad_checkpointing: bool = False,
+                      quantize: NF4Config | None = None) -> Activations:
     """Bytes autograd keeps for backward in one training forward of ``config`` (+ the loss).
 
     Args:
@@ -274,12 +278,14 @@ def trace_activations(config: ModelConfig, method: Method, batch: Batch, head: s
         param_itemsize: 4 (fp32 weights) or 2 (pure bf16 weights).
         attention: ``"sdpa"`` (fused kernel) or ``"eager"`` (math: keeps T×T probabilities).
         grad_checkpointing: blocks keep only their inputs; one block is recomputed at a time in backward.
+        quantize: the block linears are 4-bit (``minift.quant.NF4Config``): they keep nothing for backward, as a
+            frozen linear, and autocast makes no copy of their weights.
 
     Returns:
         ``Activations`` (bytes).
     """
     memory_spec(config)
-    facts = model_facts(config, head, method)
+    facts = model_facts(config, head, method, quantize)
     B, T0 = batch.batch_size, batch.seq_len
     T = T0 + facts.prompt_length
     tape = Tape(device=device, autocast=autocast, attention=attention, param_itemsize=param_itemsize)

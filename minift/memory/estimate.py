@@ -2,7 +2,12 @@
 
 Terms (bytes), for a model of P parameters of which P_t train:
 
-- weights: P × 4 (fp32 and mixed precision: the fp32 weights are the master copy) or P × 2 (pure bf16);
+- weights: P × 4 (fp32 and mixed precision: the fp32 weights are the master copy) or P × 2 (pure bf16); with a
+  4-bit base (``--quantize nf4``, QLoRA) the block linears' weights are their NF4 codes and block scales instead
+  (0.5 + 1/64 + 4/16384 bytes per weight with double quantisation, ``minift.quant.nf4_bytes``), the rest as above;
+- dequantised layer (4-bit base only): one block linear's weight dequantised to the compute dtype, alive for one
+  matmul in forward and again in backward (``minift.quant.dequantize_bytes``; the frozen 4-bit base keeps no fp
+  copy and makes no autocast copy);
 - gradients: P_t × the weight dtype (frozen parameters get none);
 - optimizer states: AdamW m and v, 2 × P_t × the weight dtype (``torch.optim.AdamW`` keeps them in the
   parameter's dtype); SGD none, with momentum one buffer; "adamw-8bit" is a what-if of block-wise 8-bit states
@@ -32,7 +37,8 @@ from minift.memory.params import ModelFacts, ParamCount, check_length, model_fac
 from minift.models.config import ModelConfig
 from minift.models.registry import get_family
 from minift.peft.config import Method
-from minift.precision import autocast_dtype, canonical
+from minift.precision import autocast_dtype, canonical, param_dtype
+from minift.quant import QUANTIZE_FORMATS, NF4Config, compute_dtype_for, dequantize_bytes
 
 OPTIMIZERS = ("adamw", "adamw-foreach", "adamw-fused", "sgd", "sgd-momentum", "adamw-8bit")
 ATTENTIONS = ("sdpa", "eager")
@@ -53,6 +59,8 @@ class Setup:
     padded: bool = False  # batches carry an attention mask with padding (explicit masks instead of is_causal)
     device: str = "cuda"  # "cuda" or "cpu" (dropout masks and the CPU SDPA fallback differ)
     grad_accum: int = 1  # micro-batches per optimizer step (from the 2nd on, gradients already exist)
+    quantize: str | None = None  # "nf4": the frozen base's block linears in 4 bits (QLoRA); None: as loaded
+    double_quant: bool = True  # with quantize: the block scales quantised to 8 bits too
 
     def __post_init__(self):
         for name in ("batch_size", "max_length", "grad_accum"):
@@ -60,10 +68,12 @@ class Setup:
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name.replace('_', '-')} must be a positive integer, got {value!r}")
         object.__setattr__(self, "precision", canonical(self.precision))  # mixed-bf16 → bf16, mixed-fp16 → fp16
-        choices = {"optimizer": OPTIMIZERS, "attention": ATTENTIONS, "device": ("cuda", "cpu")}
+        choices = {"optimizer": OPTIMIZERS, "attention": ATTENTIONS, "device": ("cuda", "cpu"),
+                   "quantize": (None, *QUANTIZE_FORMATS)}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
-                raise ValueError(f"unknown {name} {getattr(self, name)!r}; choose one of {', '.join(allowed)}")
+                raise ValueError(f"unknown {name} {getattr(self, name)!r}; choose one of "
+                                 f"{', '.join(str(a) for a in allowed)}")
 
     @property
     def param_itemsize(self) -> int:
@@ -72,6 +82,18 @@ class Setup:
     @property
     def autocast(self) -> bool:
         return autocast_dtype(self.precision) is not None
+
+    @property
+    def nf4(self) -> NF4Config | None:
+        """The ``minift.quant.NF4Config`` a run with these settings loads its base with (None: unquantised)."""
+        return NF4Config(double_quant=self.double_quant) if self.quantize == "nf4" else None
+
+    @property
+    def compute_itemsize(self) -> int:
+        """Bytes per element of a dequantised 4-bit weight: the autocast dtype, else ``compute_dtype_for``."""
+        if self.autocast:
+            return 2
+        return compute_dtype_for(self.device, param_dtype(self.precision)).itemsize
 
     def resolved_head(self, config: ModelConfig) -> str | None:
         if self.head != "auto":
@@ -92,6 +114,7 @@ class Estimate:
     activations: Activations
     logits_buffers: int
     autocast_copies: int
+    dequantized: int = 0  # one 4-bit weight dequantised for a matmul (transient; 0 without a quantised base)
     phases: dict[str, int] = field(default_factory=dict)
     extra: dict[str, int] = field(default_factory=dict)  # logits_live, loss_temp, grad_start, head_grads
 
@@ -118,6 +141,7 @@ class Estimate:
                             "per_layer": act.per_layer, "layers_kept": act.layers, "head_and_loss": act.head,
                             "checkpointed": act.checkpointed},
             "logits_buffers": self.logits_buffers + act.logits, "autocast_copies": self.autocast_copies,
+            "dequantized": self.dequantized, "quantized_weights": self.params.quantized,
             "phases": dict(self.phases), "peak": self.peak, "peak_phase": self.peak_phase, "steady": self.steady,
         }
 
@@ -146,9 +170,9 @@ def _facts(config: ModelConfig, method: Method, setup: Setup) -> tuple[ModelFact
     a method ``minift.peft.apply`` refuses, a sequence the model cannot take."""
     memory_spec(config)
     head = setup.resolved_head(config)
-    facts = model_facts(config, head, method)
+    facts = model_facts(config, head, method, setup.nf4)
     try:
-        check_length(config, head, method, setup.max_length)
+        check_length(config, head, method, setup.max_length, setup.nf4)
     except ValueError as e:
         flags = "--max-length" + (" or --prompt-length" if facts.prompt_length else "")
         raise ValueError(f"{method.label()} cannot run {setup.max_length}-token sequences: {e}; "
@@ -192,8 +216,12 @@ def estimate(config: ModelConfig, method: Method | None = None, setup: Setup | N
     counts = facts.params
     act = trace_activations(config, method, Batch(setup.batch_size, setup.max_length, setup.padded), head,
                             device=setup.device, autocast=setup.autocast, param_itemsize=item,
-                            attention=setup.attention, grad_checkpointing=setup.gradient_checkpointing)
-    weights, grads = counts.total * item, counts.trainable * item
+                            attention=setup.attention, grad_checkpointing=setup.gradient_checkpointing,
+                            quantize=setup.nf4)
+    weights, grads = (counts.total - counts.quantized) * item + facts.quantized_bytes, counts.trainable * item
+    nf4 = setup.nf4
+    dequantized = dequantize_bytes(facts.largest_quantized, setup.compute_itemsize, nf4.block_size,
+                                   nf4.double_quant) if nf4 is not None and facts.largest_quantized else 0
     states = _state_bytes(setup.optimizer, counts.trainable, item)
     largest = facts.largest_trainable * item
     # per-tensor AdamW: sqrt(v) and its quotient; SGD with weight decay: grad + wd·param (minift decays weights)
@@ -203,19 +231,21 @@ def estimate(config: ModelConfig, method: Method | None = None, setup: Setup | N
     # the tied embedding's gradient: lm_head's contribution comes first, the lookup's at the end of backward
     vc = config.vocab_size * config.hidden_size * item if (facts.tied_head and facts.embedding_trains
                                                            and head == "causal-lm") else 0
-    phases = _phases(config, setup, facts, act, logits, weights + states, grads, vc)
+    phases = _phases(config, setup, facts, act, logits, weights + states, grads, vc, dequantized)
     phases["optimizer step"] = weights + grads + states + temp
     return Estimate(method=method.label(), params=counts, weights=weights, gradients=grads,
                     optimizer_states=states, optimizer_temporaries=temp, activations=act,
                     logits_buffers=logits["logits_live"] + logits["loss_temp"], autocast_copies=act.weight_copies,
-                    phases=phases, extra={"logits_live": logits["logits_live"], "loss_temp": logits["loss_temp"],
-                                          "grad_start": logits["grad_start"],
-                                          "head_grads": facts.head_trainable * item if setup.grad_accum == 1 else 0})
+                    dequantized=dequantized, phases=phases,
+                    extra={"logits_live": logits["logits_live"], "loss_temp": logits["loss_temp"],
+                           "grad_start": logits["grad_start"],
+                           "head_grads": facts.head_trainable * item if setup.grad_accum == 1 else 0})
 
 
 def _phases(config: ModelConfig, setup: Setup, facts: ModelFacts, act: Activations, logits: dict[str, int],
-            persistent: int, grads: int, vc: int) -> dict[str, int]:
-    """Bytes alive in the forward + loss, at the start of backward and through the blocks' backward."""
+            persistent: int, grads: int, vc: int, dequantized: int = 0) -> dict[str, int]:
+    """Bytes alive in the forward + loss, at the start of backward and through the blocks' backward
+    (``dequantized``: one 4-bit weight dequantised for the matmul running at that moment)."""
     B, T0, C, V = setup.batch_size, setup.max_length, config.hidden_size, config.vocab_size
     T = T0 + facts.prompt_length
     item, act_item = setup.param_itemsize, logits["out_item"]  # bf16 under autocast or with bf16 weights
@@ -234,6 +264,10 @@ def _phases(config: ModelConfig, setup: Setup, facts: ModelFacts, act: Activatio
         forward_transient += (B * T0 * C + B * T * C) * item
     if act.checkpointed:  # nothing inside a checkpointed block is kept: its MLP intermediates are transient
         forward_transient = max(forward_transient, mlp_out)
+    if down.quantized:  # the last block's 4-bit down projection: its weight is dequantised (with the gather's
+        # temporaries) while only its (B, T, F) input is alive, then the matmul runs on the weight alone
+        weight = facts.largest_quantized * setup.compute_itemsize
+        forward_transient = max(forward_transient + weight, B * T * config.intermediate_size * act_item + dequantized)
     head_backward = 0
     if causal_lm:  # lm_head backward: (B, T, V) fp32 logits gradient (+ its cast), weight and input grads
         N = B * (T0 - 1)
@@ -248,7 +282,8 @@ def _phases(config: ModelConfig, setup: Setup, facts: ModelFacts, act: Activatio
                                    act.total + logits_live + logits["loss_temp"]),
         "backward start": base + max(act.total + logits_live + logits["grad_start"], head_backward),
     }
-    work = _backward_working_set(config, setup, T)
+    # a 4-bit linear dequantises its weight again for its grad-input, before the MLP working set is allocated
+    work = max(_backward_working_set(config, setup, T), dequantized)
     # Blocks keep their activations and their autocast weight copies until backward passes through them.
     layers = len(act.per_layer)
     if act.checkpointed:

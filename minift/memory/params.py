@@ -1,12 +1,15 @@
 """What the estimator reads off the real model: built on the meta device, with the method applied.
 
 ``model_facts(config, head, method)`` builds ``minift.models.load.build_model(config, family, head)`` under
-``torch.device("meta")`` (shapes only: no memory, no weights), applies the method with ``minift.peft.apply`` as
-a run does, and walks the module tree (nanoGPT's ``get_num_params``): the parameter counts (a tied embedding
-once), what trains, the largest trainable tensor, each block's and the head's trainable elements, and every
-``nn.Linear`` with its shape, bias, the LoRA or adapter around it and which of its parameters train. Nothing
+``torch.device("meta")`` (shapes only: no memory, no weights), stores its block linears in NF4 with
+``minift.quant.quantize_model`` when the run quantises its base (QLoRA), applies the method with
+``minift.peft.apply`` as a run does, and walks the module tree (nanoGPT's ``get_num_params``): the parameter
+counts (a tied embedding once), what trains, the largest trainable tensor, each block's and the head's trainable
+elements, every linear with its shape, bias, the LoRA or adapter around it, which of its parameters train and
+whether its weight is 4-bit, and the bytes of the NF4 codes and scales (``nbytes`` of the buffers). Nothing
 here restates a family, a head or a PEFT module: what ``minift.models`` and ``minift.peft`` build is what is
-counted. The model and its facts are cached per (config, head, method): ``largest_batch`` asks many times.
+counted. The model and its facts are cached per (config, head, method, quantization): ``largest_batch`` asks many
+times.
 """
 from __future__ import annotations
 
@@ -19,26 +22,29 @@ from torch import nn
 from minift.models.config import ModelConfig
 from minift.models.load import build_model
 from minift.models.registry import get_family
-from minift.peft.adapter import AdapterLinear
+from minift.peft.adapter import AdapterPath
 from minift.peft.apply import apply, peft_modules
 from minift.peft.bitfit import bias_params
 from minift.peft.config import Method, PromptConfig
-from minift.peft.lora import LoRALinear
+from minift.peft.lora import LoRAPath
 from minift.peft.prompt import PromptModel
+from minift.quant import NF4Config, NF4Linear, quantize_model
 
 
 @dataclass(frozen=True)
 class ParamCount:
     """Parameter counts (elements)."""
 
-    total: int  # every parameter, tied ones once, PEFT parameters included
+    total: int  # every parameter, tied ones once, PEFT parameters and 4-bit weights included
     trainable: int  # what the optimizer updates
     base: int  # the model without PEFT parameters
+    quantized: int = 0  # weights stored in NF4 (buffers of minift.quant.NF4Linear layers, part of total)
 
 
 @dataclass(frozen=True)
 class Linear:
-    """One ``nn.Linear`` of the model as built, with the PEFT module swapped in around it (if any)."""
+    """One linear layer of the model as built (``nn.Linear``, or ``NF4Linear`` with a 4-bit weight), with the PEFT
+    module swapped in around it (if any)."""
 
     name: str  # qualified name in the TaskModel, e.g. "model.layers.0.self_attn.q_proj"
     in_f: int
@@ -50,6 +56,7 @@ class Linear:
     lora_dropout: float = 0.0  # dropout on the LoRA path's input
     adapter_size: int = 0  # bottleneck width of an AdapterLinear (0: no adapter)
     adapter_activation: str = "relu"
+    quantized: bool = False  # the weight is stored in NF4 (frozen; dequantised for each matmul)
 
 
 @dataclass(frozen=True)
@@ -69,6 +76,8 @@ class ModelFacts:
     tied_head: bool  # the head's weight is the input embedding
     prompt_length: int  # soft-prompt tokens in front of every sequence (0: no prompt)
     has_biases: bool  # the backbone has bias parameters (what BitFit trains)
+    quantized_bytes: int = 0  # bytes of the NF4 layers' codes and scales
+    largest_quantized: int = 0  # elements of the largest NF4 weight (one is dequantised at a time)
     lengths: dict[int, str] = field(default_factory=dict, compare=False)  # sequence length → "" (runs) or why not
 
 
@@ -76,25 +85,28 @@ _CACHE: OrderedDict[tuple, tuple[nn.Module, ModelFacts]] = OrderedDict()
 _CACHE_SIZE = 16
 
 
-def model_facts(config: ModelConfig, head: str | None, method: Method) -> ModelFacts:
-    """The facts of ``config`` with ``head`` under ``method`` (cached).
+def model_facts(config: ModelConfig, head: str | None, method: Method,
+                quantize: NF4Config | None = None) -> ModelFacts:
+    """The facts of ``config`` with ``head`` under ``method``, its base quantised by ``quantize`` (cached).
 
     Raises:
         ValueError: the family has no such head, or ``minift.peft.apply`` refuses the method (LoRA targets that
-            match nothing, BitFit without biases, ...), with its message.
+            match nothing, BitFit without biases, ...), with its message; full fine-tuning of a quantised base.
     """
-    return _cached(config, head, method)[1]
+    return _cached(config, head, method, quantize)[1]
 
 
-def meta_model(config: ModelConfig, head: str | None, method: Method) -> nn.Module:
+def meta_model(config: ModelConfig, head: str | None, method: Method,
+               quantize: NF4Config | None = None) -> nn.Module:
     """The (cached) model of ``config`` with ``head`` and ``method`` applied, on the meta device."""
-    return _cached(config, head, method)[0]
+    return _cached(config, head, method, quantize)[0]
 
 
-def _cached(config: ModelConfig, head: str | None, method: Method) -> tuple[nn.Module, ModelFacts]:
-    key = (repr(config), head, repr(method))
+def _cached(config: ModelConfig, head: str | None, method: Method,
+            quantize: NF4Config | None) -> tuple[nn.Module, ModelFacts]:
+    key = (repr(config), head, repr(method), repr(quantize))
     if key not in _CACHE:
-        model = build_meta_model(config, head, method)
+        model = build_meta_model(config, head, method, quantize)
         _CACHE[key] = (model, _facts(model))
         while len(_CACHE) > _CACHE_SIZE:
             _CACHE.popitem(last=False)
@@ -102,15 +114,22 @@ def _cached(config: ModelConfig, head: str | None, method: Method) -> tuple[nn.M
     return _CACHE[key]
 
 
-def build_meta_model(config: ModelConfig, head: str | None, method: Method) -> nn.Module:
-    """``build_model`` + ``minift.peft.apply`` on the meta device (see ``model_facts`` for the errors)."""
+def build_meta_model(config: ModelConfig, head: str | None, method: Method,
+                     quantize: NF4Config | None = None) -> nn.Module:
+    """``build_model`` (+ ``minift.quant.quantize_model``) + ``minift.peft.apply`` on the meta device (see
+    ``model_facts`` for the errors)."""
     family = get_family(config.model_type)
     if head is not None and head not in family.heads:
         raise ValueError(f"a {config.model_type} model has no {head} head; its heads are {', '.join(family.heads)}")
+    if quantize is not None and method.name == "full":
+        raise ValueError("full fine-tuning trains every weight, but a 4-bit (NF4) base is frozen: quantise the base "
+                         "for a PEFT method (--method lora with --quantize nf4), or fine-tune the model unquantised")
     if head == "regression":
         config = config.with_labels(1)
     with torch.device("meta"):
         model = build_model(config, family, head)
+        if quantize is not None:
+            quantize_model(model, quantize)
         if method.name != "full":
             model = apply(model, _countable(method))
     return model
@@ -131,12 +150,14 @@ def _facts(model: nn.Module) -> ModelFacts:
     params = list(model.parameters())  # each tensor once: a tied lm_head is the embedding
     peft = [p for m in peft_modules(model).values() for p in m.adapter_params().values()]
     trainable = [p for p in params if p.requires_grad]
-    total = sum(p.numel() for p in params)
+    nf4 = [m for m in model.modules() if isinstance(m, NF4Linear)]
+    quantized = sum(m.in_features * m.out_features for m in nf4)
+    total = sum(p.numel() for p in params) + quantized
     pooler = getattr(base.backbone, "pooler", None)
     head_params = list(base.head.parameters()) if base.head is not None else []
     return ModelFacts(
         params=ParamCount(total=total, trainable=sum(p.numel() for p in trainable),
-                          base=total - sum(p.numel() for p in peft)),
+                          base=total - sum(p.numel() for p in peft), quantized=quantized),
         largest_trainable=max((p.numel() for p in trainable), default=0),
         block_trainable=tuple(sum(p.numel() for p in b.parameters() if p.requires_grad) for b in base.blocks),
         head_trainable=sum(p.numel() for p in head_params if p.requires_grad),
@@ -149,25 +170,28 @@ def _facts(model: nn.Module) -> ModelFacts:
         tied_head=base.is_tied,
         prompt_length=model.num_virtual_tokens if isinstance(model, PromptModel) else 0,
         has_biases=bool(bias_params(base.backbone)),
+        quantized_bytes=sum(b.numel() * b.element_size() for m in nf4 for b in m.buffers()),
+        largest_quantized=max((m.in_features * m.out_features for m in nf4), default=0),
     )
 
 
 def _linears(model: nn.Module) -> dict[str, Linear]:
-    """Every ``nn.Linear`` of ``model`` by qualified name; a LoRA / adapter layer is one entry with its PEFT
-    settings (the adapter's own down / up linears are part of it, not entries)."""
+    """Every ``nn.Linear`` / ``NF4Linear`` of ``model`` by qualified name; a LoRA / adapter layer is one entry with
+    its PEFT settings (the adapter's own down / up linears are part of it, not entries)."""
     inside = tuple(name + "." for name in peft_modules(model))
     out = {}
     for name, m in model.named_modules():
-        if not isinstance(m, nn.Linear) or name.startswith(inside):
+        if not isinstance(m, (nn.Linear, NF4Linear)) or name.startswith(inside):
             continue
         bias = m.bias is not None
-        extra = {}
-        if isinstance(m, LoRALinear):
+        quantized = isinstance(m, NF4Linear)
+        extra = {"quantized": quantized}
+        if isinstance(m, LoRAPath):
             dropout = m.lora_dropout.p if isinstance(m.lora_dropout, nn.Dropout) else 0.0
-            extra = {"lora_r": m.r, "lora_dropout": dropout}
-        elif isinstance(m, AdapterLinear):
-            extra = {"adapter_size": m.adapter.down.out_features, "adapter_activation": _activation(m.adapter.act)}
-        out[name] = Linear(name, m.in_features, m.out_features, bias, m.weight.requires_grad,
+            extra |= {"lora_r": m.r, "lora_dropout": dropout}
+        elif isinstance(m, AdapterPath):
+            extra |= {"adapter_size": m.adapter.down.out_features, "adapter_activation": _activation(m.adapter.act)}
+        out[name] = Linear(name, m.in_features, m.out_features, bias, not quantized and m.weight.requires_grad,
                            bias and m.bias.requires_grad, **extra)
     return out
 
@@ -191,14 +215,15 @@ class _Stop(Exception):
     """Raised at the first block: the length check needs only the model's own input handling."""
 
 
-def check_length(config: ModelConfig, head: str | None, method: Method, length: int) -> None:
+def check_length(config: ModelConfig, head: str | None, method: Method, length: int,
+                 quantize: NF4Config | None = None) -> None:
     """Raise ``ValueError`` when the model cannot take ``length``-token sequences (+ a soft prompt).
 
     The model's own forward says so (learned position tables, RoBERTa's offset, the prompt's extra tokens): it
     runs on the meta device up to the first block. What the meta device cannot run there (RoPE's autocast guard)
     is not a length limit: those models have no position table to overflow.
     """
-    model, facts = _cached(config, head, method)
+    model, facts = _cached(config, head, method, quantize)
     if length not in facts.lengths:
         facts.lengths[length] = _run_embeddings(model, length)
     if facts.lengths[length]:

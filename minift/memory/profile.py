@@ -20,6 +20,7 @@ from minift.memory.params import build_meta_model
 from minift.models.config import ModelConfig
 from minift.peft.config import Method
 from minift.precision import autocast, param_dtype, uses_grad_scaler
+from minift.quant import NF4Config, compute_dtype_for, nf4_layers
 
 PHASES = ("weights loaded", "after forward", "peak in forward", "peak in backward", "peak in optimizer step",
           "steady state after step 2", "peak")
@@ -48,10 +49,12 @@ def _require_cuda() -> torch.device:
 
 
 def build_random_model(config: ModelConfig, method: Method, head: str | None, device: torch.device,
-                       dtype: torch.dtype) -> torch.nn.Module:
+                       dtype: torch.dtype, quantize: NF4Config | None = None) -> torch.nn.Module:
     """A minift ``TaskModel`` of ``config`` with random weights on ``device``, ``method`` applied: the very model
-    the estimate counted (``params.build_meta_model``), materialised."""
-    model = build_meta_model(config, head, method)
+    the estimate counted (``params.build_meta_model``), materialised. A 4-bit base (``quantize``) gets N(0, 0.02²)
+    weights quantised layer by layer on ``device`` (one fp32 weight alive at a time) and the compute dtype a run
+    on ``device`` uses (``minift.quant.compute_dtype_for``)."""
+    model = build_meta_model(config, head, method, quantize)
     model = model.to_empty(device=device).to(dtype)
     model.tie_weights()  # a PromptModel passes it to the model it wraps
     with torch.no_grad():
@@ -60,6 +63,9 @@ def build_random_model(config: ModelConfig, method: Method, head: str | None, de
                 p.normal_(0.0, 0.02)
             else:
                 p.fill_(1.0 if name.endswith("weight") else 0.0)
+    for layer in nf4_layers(model).values():
+        layer.init_normal_(0.02)
+        layer.compute_dtype = compute_dtype_for(device.type, dtype)
     return model
 
 
@@ -117,7 +123,7 @@ def profile_training(config: ModelConfig, method: Method | None = None, setup: S
     torch.cuda.empty_cache()
     _warm_up(device)
     memory = _CudaMemory()
-    model = build_random_model(config, method, head, device, param_dtype(setup.precision))
+    model = build_random_model(config, method, head, device, param_dtype(setup.precision), setup.nf4)
     optimizer = make_optimizer(setup.optimizer, model)
     batch = random_batch(config, head, setup, device)
     start = time.perf_counter()

@@ -25,7 +25,11 @@ class Unrunnable:
 
 EXPLANATIONS = {
     "weights": "every parameter × its dtype (fp32 and mixed: 4 B — the fp32 weights are the master copy; pure bf16: "
-               "2 B); frozen weights count too",
+               "2 B); frozen weights count too. With --quantize nf4 the block linears are 4-bit codes + one absmax per "
+               "64 weights (8-bit with --double-quant, + one fp32 scale per 256 absmax): 0.516 B per weight",
+    "dequantised layer": "with --quantize nf4: one block linear's weight dequantised to the compute dtype (bf16 on "
+                         "CUDA or under autocast) for one matmul, in forward and again in backward; the 4-bit base "
+                         "keeps no fp copy and autocast makes none",
     "gradients": "one gradient per *trainable* parameter, in the weight dtype; frozen weights have none",
     "optimizer states": "AdamW: m and v per trainable parameter in the weight dtype (8 B/param in fp32); SGD: none, "
                         "with momentum one buffer; adamw-8bit: 1 B each + an fp32 scale per 256 (a what-if)",
@@ -68,6 +72,10 @@ def assumptions(setup: Setup, description: str, head: str | None) -> list[str]:
         ("training step as in minift.train: forward + loss under autocast, backward outside, step, "
         "zero_grad(set_to_none=True); dropout as in the config"),
     ]
+    if setup.quantize:
+        lines.append(f"frozen base: the block linears in {setup.quantize.upper()} (QLoRA), blocks of 64"
+                     + (", double quantisation" if setup.double_quant else "") + f"; dequantised to "
+                     f"{'bf16' if setup.compute_itemsize == 2 else 'fp32'} per matmul")
     return lines
 
 
@@ -93,6 +101,8 @@ def table(rows: list[Estimate | Unrunnable], title: str) -> Table:
     row("activations (total)", [human(r.activations.total - r.activations.logits) for r in results])
     row("logits buffers", [human(r.logits_buffers + r.activations.logits) for r in results])
     row("autocast copies", [human(r.autocast_copies) for r in results])
+    if any(r.dequantized for r in results):
+        row("dequantised layer (transient)", [human(r.dequantized) for r in results])
     for phase in results[0].phases if results else ():
         row(f"  phase: {phase}", [human(r.phases[phase]) for r in results])
     row("[bold]peak allocated[/bold]", [f"[bold]{human(r.peak)}[/bold]" for r in results], "[red]cannot run[/red]")

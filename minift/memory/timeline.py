@@ -63,13 +63,13 @@ def profile_training_cpu(config: ModelConfig, method: Method | None = None, setu
         raise ValueError("profile_training_cpu needs Setup(device='cpu') (the estimate must use the CPU's rules)")
     est = estimate(config, method, setup)
     head = setup.resolved_head(config)
-    model = build_random_model(config, method, head, torch.device("cpu"), param_dtype(setup.precision))
+    model = build_random_model(config, method, head, torch.device("cpu"), param_dtype(setup.precision), setup.nf4)
     optimizer = make_optimizer(setup.optimizer, model)
     batch = random_batch(config, head, setup, torch.device("cpu"))
     train_steps(model, optimizer, batch, head, setup, steps=1)  # optimizer states now exist
     gc.collect()
     states = [t for s in optimizer.state.values() for t in s.values() if torch.is_tensor(t)]
-    base = _storage_bytes([*model.parameters(), *states])
+    base = _storage_bytes([*model.parameters(), *model.buffers(), *states])
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         train_steps(model, optimizer, batch, head, setup, steps=1)
     peaks = phase_peaks(prof, base)

@@ -149,6 +149,15 @@ def nf4_bytes(numel: int, block_size: int = BLOCK_SIZE, double_quant: bool = Fal
     return codes + num_blocks + 4 * -(-num_blocks // double_block_size) + 4
 
 
+def dequantize_bytes(numel: int, itemsize: int, block_size: int = BLOCK_SIZE, double_quant: bool = False) -> int:
+    """Peak bytes one ``dequantize_nf4`` call allocates for a weight of ``numel`` elements in a dtype of
+    ``itemsize`` bytes: the result (whole blocks), the fp32 block maxima rebuilt by double quantisation, and one
+    chunk's int64 indices and gathered code words (8 bytes per weight of a chunk of ``_CHUNK_BLOCKS`` blocks)."""
+    num_blocks = -(-numel // block_size)
+    chunk = min(num_blocks, _CHUNK_BLOCKS) * block_size
+    return num_blocks * block_size * itemsize + (4 * num_blocks if double_quant else 0) + 8 * chunk
+
+
 def _check_block_size(block_size: int, name: str = "block_size") -> None:
     if not isinstance(block_size, int) or isinstance(block_size, bool) or block_size < 2 or block_size % 2:
         raise ValueError(f"{name} must be a positive even integer, got {block_size!r}")
@@ -216,7 +225,9 @@ def _quantize_absmax(absmax: torch.Tensor, block_size: int):
         return absmax.new_empty(absmax.shape, dtype=torch.uint8), absmax.new_empty(num), absmax.new_empty(())
     offset = absmax.mean()
     q, scale = _blockwise(absmax - offset, block_size, dynamic_code(absmax.device), 0, num)
-    return q.view(-1)[: absmax.numel()].contiguous(), scale, offset
+    q = q.view(-1)
+    # a copy when the last block is padded: a view would keep the padded storage (up to block_size - 1 more bytes)
+    return (q[: absmax.numel()].clone() if q.numel() != absmax.numel() else q), scale, offset
 
 
 def absmax_fp32(record: NF4Weight) -> torch.Tensor:

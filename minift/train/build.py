@@ -152,9 +152,13 @@ def build_model(config: TrainConfig, task: Task, path: Path, tokenizer, device: 
         model = from_config(path if path.exists() else str(path), head=HEAD_FOR_KIND[task.kind],
                             num_labels=num_labels, seed=config.seed, dtype=param_dtype(config.precision),
                             device=device if device.type == "meta" else None)  # meta: a --dry-run's shapes
-    else:
+        if quantization(config, device) is not None:
+            from minift.quant import quantize_model
+
+            model = quantize_model(model, quantization(config, device))
+    else:  # --quantize: each block linear stored in 4 bits as it is read (minift.quant)
         model = load_pretrained(path, dtype=param_dtype(config.precision), head=HEAD_FOR_KIND[task.kind],
-                                num_labels=num_labels)
+                                num_labels=num_labels, quantize=quantization(config, device))
     if task.kind in LM_KINDS and not model.is_decoder:
         raise TrainSetupError(f"task {task.name!r} is a {task.kind} task; {path} is an encoder "
                               f"({model.config.model_type}): use a decoder model or the task's classification form")
@@ -172,6 +176,17 @@ def build_model(config: TrainConfig, task: Task, path: Path, tokenizer, device: 
             raise TrainSetupError(f"--method {config.method}: {err}") from None
     check_finite(model, path)
     return model.to(device)
+
+
+def quantization(config: TrainConfig, device: torch.device):
+    """The run's ``minift.quant.NF4Config`` (None without ``--quantize``): its block sizes, ``--double-quant``, and
+    the compute dtype ``minift.quant.compute_dtype_for`` gives (bf16 on CUDA, the parameters' dtype on CPU)."""
+    if config.quantize is None:
+        return None
+    from minift.quant import NF4Config, compute_dtype_for
+
+    return NF4Config(double_quant=config.double_quant,
+                     compute_dtype=compute_dtype_for(device.type, param_dtype(config.precision)))
 
 
 def check_finite(model: nn.Module, path: Path) -> None:

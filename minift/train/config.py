@@ -18,11 +18,13 @@ from typing import Any
 from minift.peft.config import METHODS, AdapterConfig, LoRAConfig, Method, PromptConfig
 from minift.peft.flags import flag, unwrap
 from minift.precision import canonical
+from minift.quant import QUANTIZE_FORMATS
 
 SCHEDULES = ("linear", "cosine", "constant")
 INITS = ("pretrained", "random")  # --init: the checkpoint's weights, or minift.models.from_config's seeded ones
 SAVE_POLICIES = ("last", "all", "best", "none")  # --save, see minift/train/disk.py
 BEST_TIES = ("earliest", "latest")  # --best-tie
+SHARDS = ("none", "ddp", "fsdp")  # --shard (minift/train/distributed.py)
 
 # Learning rates that train each method well on BERT-sized models (LoRA paper §5 / App. D uses 4e-4..5e-4
 # for RoBERTa-base; the prompt-tuning paper, arXiv:2104.08691 §3, uses 0.3 with Adafactor, AdamW needs less).
@@ -93,6 +95,8 @@ class TrainConfig:
     clip: float = 1.0  # clip the global gradient norm to this (0 = no clipping)
     precision: str = "fp32"  # fp32 | fp16 (autocast + GradScaler) | bf16 (autocast) | bf16-pure (bf16 weights)
     gradient_checkpointing: bool = False  # recompute each transformer block in backward
+    quantize: str | None = None  # nf4: store the frozen base's block linears in 4 bits (QLoRA), for a PEFT method
+    double_quant: bool = True  # with --quantize nf4: quantise the block scales to 8 bits too (QLoRA §3)
     # --- evaluation and stopping ---
     eval_every: int = 0  # evaluate every N optimizer steps (0 = only at the end of each epoch)
     eval_each_epoch: bool = True  # also evaluate at the end of every epoch
@@ -112,6 +116,7 @@ class TrainConfig:
     save: str = "last"  # last | all | best | none: what stays on disk after the run (minift/train/disk.py)
     dry_run: bool = False  # set up the task and model with its method, count, write summary.json; no training
     device: str = "auto"  # auto | cpu | cuda | cuda:N (under torchrun: cuda:LOCAL_RANK)
+    shard: str | None = None  # torchrun: ddp (a copy per process) | fsdp (weights, grads, states sharded); None → ddp
 
     def __post_init__(self):
         _check_types(self)
@@ -122,6 +127,9 @@ class TrainConfig:
         _check_choice("init", self.init, INITS)
         _check_choice("save", self.save, SAVE_POLICIES)
         _check_choice("best_tie", self.best_tie, BEST_TIES)
+        if self.shard is not None:
+            _check_choice("shard", self.shard, SHARDS)
+        self._check_quantize()
         try:
             self.precision = canonical(self.precision)  # mixed-bf16 / mixed-fp16: aliases of bf16 / fp16
         except ValueError as err:
@@ -138,6 +146,14 @@ class TrainConfig:
         if self.seeds is not None and self.resume is not None:
             raise TrainConfigError("--seeds and --resume together: resume one seed's run folder "
                                    "(<output_dir>/seed-N) on its own")
+
+    def _check_quantize(self) -> None:
+        if self.quantize is None:
+            return
+        _check_choice("quantize", self.quantize, QUANTIZE_FORMATS)
+        if self.method == "full":
+            raise TrainConfigError("--quantize nf4 with --method full: a 4-bit base is frozen, so full fine-tuning has "
+                                   "nothing to train; use a PEFT method (--method lora: QLoRA) or leave --quantize out")
 
     def _check_task_options(self) -> None:
         """SFT's options need an SFT task; packing cannot go with a soft prompt (one prompt per packed sequence)."""
