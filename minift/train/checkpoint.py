@@ -17,10 +17,11 @@ be read — a disk that filled up, a file truncated by a copy — is skipped on 
 A crash at any moment leaves a usable checkpoint; what an interrupted write leaves (``*.tmp`` folders,
 ``.*.tmp-<pid>`` files) is deleted by the next write or the next start (:func:`remove_stale`).
 
-The best weights are written once per improvement in their final format — a ``minift.peft.save_trainable`` folder
-for a PEFT method, a ``minift.models.save_pretrained`` folder for full fine-tuning — by :func:`save_weights`,
-which assembles ``best.tmp/`` and renames it into place; :func:`load_weights` reads them back into the model, and
-finishes a replacement a crash interrupted (:func:`weights_folder`, :func:`recover_weights`).
+The files hold whole tensors, index-keyed as a single-process optimizer's state, whatever the processes: under
+``--shard fsdp`` the shards are gathered to process 0 to be written and each process takes its shard of what is
+read (``fsdp.py``). So a checkpoint resumes with another number of processes when ``--batch-size × processes`` (the
+global micro-batch, which decides the data order) stays the same; each process's generators then start anew from
+(seed, step, process). The best weights (``best/``) are in ``weights.py``.
 """
 from __future__ import annotations
 
@@ -34,16 +35,19 @@ from safetensors.torch import load as st_load
 from torch import nn
 
 from minift.peft.io import load_trainable_state, trainable_state
+from minift.train import fsdp
 from minift.train.distributed import barrier, rank, world_size
 from minift.train.savestate import (
     atomic_save_tensors,
     atomic_write_json,
     capture_rng,
     flatten_optimizer,
+    fork_rng,
     fsync_dir,
     restore_rng,
     unflatten_optimizer,
 )
+from minift.train.weights import load_weights, recover_weights, save_weights, weights_folder  # noqa: F401 (importers)
 
 LATEST = "latest.json"
 KEEP = 2  # checkpoints kept: the newest and the one before it (None in prune/save_checkpoint: keep all)
@@ -65,11 +69,12 @@ def save_checkpoint(folder, model: nn.Module, optimizer, scheduler, scaler, loop
     """Write a resumable checkpoint under ``folder`` (a run's ``checkpoints/``), point ``latest.json`` at it and
     delete all but the last ``keep`` checkpoints (None: keep every one).
 
-    Called on every process under torchrun: each writes its RNG state, process 0 writes the rest. Interrupted (a
-    second Ctrl-C), it removes its half-written folder; the previous checkpoints are untouched.
+    Called on every process under torchrun: each writes its RNG state, process 0 writes the rest (an FSDP model's
+    shards and optimizer states gathered whole first). Interrupted (a second Ctrl-C), it removes its half-written
+    folder; the previous checkpoints are untouched.
 
     Args:
-        model: the unwrapped model (not the DDP wrapper).
+        model: the unwrapped model (not the DDP wrapper; an FSDP model is its own).
         loop_state: JSON-able position of the loop; must hold ``"step"``.
     Returns:
         The checkpoint folder.
@@ -87,9 +92,12 @@ def save_checkpoint(folder, model: nn.Module, optimizer, scheduler, scaler, loop
         atomic_save_tensors(rng_tensors, tmp / f"rng-rank{rank()}.safetensors")
         atomic_write_json(tmp / f"rng-rank{rank()}.json", rng_info)
         barrier()
+        with fsdp.gathered(model, trainable_state(model)):  # every process: the shards' all-gathers
+            trainable = trainable_state(model) if rank() == 0 else {}
+        optimizer_state = fsdp.whole_optimizer_state(optimizer) if fsdp.is_sharded(model) else None
         if rank() == 0:
-            opt_tensors, opt_info = flatten_optimizer(optimizer)
-            atomic_save_tensors(trainable_state(model), tmp / "trainable.safetensors")
+            opt_tensors, opt_info = flatten_optimizer(optimizer, optimizer_state)
+            atomic_save_tensors(trainable, tmp / "trainable.safetensors")
             atomic_save_tensors(opt_tensors, tmp / "optimizer.safetensors")
             sched = {k: v for k, v in scheduler.state_dict().items() if k != "lr_lambdas"}
             atomic_write_json(tmp / "state.json", {"optimizer": opt_info, "scheduler": sched,
@@ -224,6 +232,7 @@ class Checkpoint:
     trainable: dict = field(repr=False)  # name → tensor
     optimizer: dict = field(repr=False)  # flattened optimizer tensors
     rng: tuple = field(repr=False)  # (tensors, info) of this process
+    forked: bool = False  # written by another number of processes: rng is process 0's, forked per process
 
 
 def _read(path: Path, reader):
@@ -236,10 +245,11 @@ def _read(path: Path, reader):
                                 f"{str(err)[:200]})") from None
 
 
-def read_checkpoint(folder) -> Checkpoint:
+def read_checkpoint(folder, batch_size: int | None = None, saved_batch_size: int | None = None) -> Checkpoint:
     """Read every file of the checkpoint ``folder`` that this process needs. Raises ``CorruptCheckpoint`` naming
-    the file that is missing or damaged, ``CheckpointLoadError`` when it was written by another number of
-    processes."""
+    the file that is missing or damaged, ``CheckpointLoadError`` when the data order would differ: ``batch_size``
+    (this run's, per process) × processes is not the checkpoint's (recorded in its loop state as ``global_batch``,
+    else the run's ``saved_batch_size`` × the processes that wrote it); without them, other processes are refused."""
     folder = Path(folder)
     if not folder.is_dir():
         raise CorruptCheckpoint(f"{folder} is missing")
@@ -248,13 +258,28 @@ def read_checkpoint(folder) -> Checkpoint:
             or not isinstance(state["loop"].get("step"), int):
         raise CorruptCheckpoint(f"{folder / 'state.json'} is not a checkpoint's state (it needs {STATE_KEYS})")
     saved_world = len(list(folder.glob("rng-rank*.safetensors")))  # one RNG file per process that wrote it
-    if saved_world != world_size():
-        raise CheckpointLoadError(f"{folder} was written by {saved_world} process(es), this run has {world_size()}: "
-                                  "resume with the same number of processes (the data shards and order depend on it)")
-    rng = (_read(folder / f"rng-rank{rank()}.safetensors", st_load),
-           _read(folder / f"rng-rank{rank()}.json", json.loads))
+    written = state["loop"].get("global_batch") or (saved_world * saved_batch_size if saved_batch_size else None)
+    _check_order(folder, saved_world, written, batch_size * world_size() if batch_size else None)
+    index = rank() if saved_world == world_size() else 0  # another number of processes: process 0's, forked
+    rng = (_read(folder / f"rng-rank{index}.safetensors", st_load), _read(folder / f"rng-rank{index}.json", json.loads))
     return Checkpoint(folder, state, _read(folder / "trainable.safetensors", st_load),
-                      _read(folder / "optimizer.safetensors", st_load), rng)
+                      _read(folder / "optimizer.safetensors", st_load), rng, forked=saved_world != world_size())
+
+
+def _check_order(folder: Path, saved_world: int, written: int | None, global_batch: int | None) -> None:
+    """The data order and position depend on the examples per micro-batch over all processes, not on how many
+    processes share them: the same number resumes exactly with any number of processes."""
+    world = world_size()
+    if written is not None and global_batch is not None and written != global_batch:
+        fix = (f"--batch-size {written // world}" if written % world == 0 else
+               f"a number of processes that divides {written}")
+        raise CheckpointLoadError(f"--batch-size {written // saved_world} → {global_batch // world} with "
+                                  f"{saved_world} → {world} process(es): {folder} was written with {written} examples "
+                                  f"per micro-batch over all processes, this run has {global_batch}, and the data "
+                                  f"order depends on that number; resume with {fix}")
+    if saved_world != world and (written is None or global_batch is None):
+        raise CheckpointLoadError(f"{folder} was written by {saved_world} process(es), this run has {world}: "
+                                  "resume with the same number of processes (the data shards and order depend on it)")
 
 
 @dataclass
@@ -267,13 +292,16 @@ class Restored:
     skipped: list
 
 
-def load_checkpoint(path, model: nn.Module, optimizer, scheduler, scaler) -> Restored:
+def load_checkpoint(path, model: nn.Module, optimizer, scheduler, scaler, batch_size: int | None = None,
+                    saved_batch_size: int | None = None) -> Restored:
     """Restore model, optimizer, scheduler, scaler and this process's RNG from the newest readable checkpoint of
-    ``path`` (see :func:`candidates`); a checkpoint that cannot be read is skipped for the one before it."""
+    ``path`` (see :func:`candidates`); a checkpoint that cannot be read is skipped for the one before it.
+    ``batch_size`` / ``saved_batch_size`` (this run's and the resumed run's ``--batch-size``): another number of
+    processes resumes when the global micro-batch stays the same (:func:`read_checkpoint`)."""
     found, problems = candidates(path)
     for folder in found:
         try:
-            checkpoint = read_checkpoint(folder)
+            checkpoint = read_checkpoint(folder, batch_size, saved_batch_size)
         except CorruptCheckpoint as err:
             problems.append(str(err))
             continue
@@ -291,93 +319,21 @@ def _apply(checkpoint: Checkpoint, model: nn.Module, optimizer, scheduler, scale
     try:
         restore_rng(*checkpoint.rng)  # first: a bad state is refused here and leaves the generators as they were
     except ValueError as err:
-        raise CheckpointLoadError(f"{folder / f'rng-rank{rank()}.safetensors'} (or .json): {err}") from None
+        raise CheckpointLoadError(f"{folder / 'rng-rank*.safetensors'} (or .json): {err}") from None
+    if checkpoint.forked:
+        fork_rng(rank())
     try:
-        load_trainable_state(model, checkpoint.trainable, str(folder / "trainable.safetensors"))
+        load_trainable_state(model, fsdp.as_shards(model, checkpoint.trainable), str(folder / "trainable.safetensors"))
     except ValueError as err:
         raise CheckpointLoadError(f"{err} Resume with the same model, method and options") from None
     device = next(model.parameters()).device
     opt_tensors = {k: (v if k.endswith(".step") else v.to(device)) for k, v in checkpoint.optimizer.items()}
     try:
-        optimizer.load_state_dict(unflatten_optimizer(opt_tensors, state["optimizer"]))
+        optimizer.load_state_dict(fsdp.as_shards(model, unflatten_optimizer(opt_tensors, state["optimizer"]),
+                                                 optimizer))
         scheduler.load_state_dict({**scheduler.state_dict(), **state["scheduler"]})
         if scaler is not None and state["scaler"]:
             scaler.load_state_dict(state["scaler"])
     except (ValueError, KeyError, TypeError, IndexError, RuntimeError) as err:
         raise CheckpointLoadError(f"{folder}: the optimizer state does not fit ({type(err).__name__}: {err}); "
                                   "resume with the same method and options") from None
-
-
-# --- the best weights, in their final format -------------------------------------------------------------------
-
-def _aside(folder: Path) -> tuple:
-    return folder.with_name(folder.name + ".tmp"), folder.with_name(folder.name + ".old")
-
-
-def save_weights(model: nn.Module, folder) -> Path:
-    """Write what a run delivers to ``folder``, atomically: the ``minift.peft.save_trainable`` folder of a PEFT
-    model, else (full fine-tuning) a ``minift.models.save_pretrained`` folder that transformers loads.
-
-    The folder is assembled as ``<folder>.tmp`` and renamed into place; the previous one is moved aside to
-    ``<folder>.old`` for that instant and then deleted, so a crash leaves a complete folder under one of the names
-    (:func:`recover_weights` puts it back).
-    """
-    from minift.models import save_pretrained
-    from minift.peft import save_trainable
-    from minift.peft.apply import find_peft_spec
-
-    folder = recover_weights(folder)
-    tmp, old = _aside(folder)
-    try:
-        if find_peft_spec(model) is not None:
-            save_trainable(model, tmp)
-        else:
-            save_pretrained(model, tmp)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if folder.exists():
-        os.replace(folder, old)
-    os.replace(tmp, folder)
-    fsync_dir(folder.parent)
-    shutil.rmtree(old, ignore_errors=True)
-    return folder
-
-
-def weights_folder(folder) -> Path:
-    """Where the weights :func:`save_weights` wrote to ``folder`` are, without changing anything: ``folder``, or
-    after a crash between its two renames, the complete ``<folder>.tmp`` (or the previous ``<folder>.old``)."""
-    folder = Path(folder)
-    tmp, old = _aside(folder)
-    if folder.exists() or not old.exists():
-        return folder
-    return tmp if tmp.exists() else old  # the old one was moved aside only once the new one was complete
-
-
-def recover_weights(folder) -> Path:
-    """Finish a :func:`save_weights` a crash interrupted (rename what :func:`weights_folder` finds into place) and
-    delete what it left aside; returns ``folder``."""
-    folder = Path(folder)
-    found, (tmp, old) = weights_folder(folder), _aside(folder)
-    if found != folder:
-        os.replace(found, folder)
-        fsync_dir(folder.parent)
-    for path in (tmp, old):
-        shutil.rmtree(path, ignore_errors=True)
-    return folder
-
-
-def load_weights(model: nn.Module, folder) -> nn.Module:
-    """Load what :func:`save_weights` wrote into ``model`` (the model it was saved from, or one built the same way)
-    in place, and return it."""
-    from minift.models import load_pretrained
-    from minift.peft import load_trainable
-    from minift.peft.apply import find_peft_spec
-
-    folder = weights_folder(folder)
-    if find_peft_spec(model) is not None:
-        return load_trainable(model, folder)
-    first = next(model.parameters())
-    saved = load_pretrained(folder, dtype=first.dtype, head=model.head_kind)
-    model.load_state_dict(saved.state_dict())
-    return model

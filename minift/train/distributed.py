@@ -1,11 +1,14 @@
 """Data parallelism under ``torchrun``: the few collectives a run needs, in one place.
 
 ``torchrun --nproc_per_node N -m minift.train ...`` starts N processes with ``RANK`` / ``LOCAL_RANK`` /
-``WORLD_SIZE`` set; :func:`init` joins them into a process group (nccl on CUDA, gloo on CPU). Everything else
-here works the same with one process and no process group (it is then a no-op), so the run path never asks.
+``WORLD_SIZE`` set; :func:`init` joins them into a process group (nccl on CUDA, gloo on CPU). :func:`wrap` gives
+each process a whole copy of the model in DDP (``--shard ddp``, the default) or 1/N of it with FSDP2
+(``--shard fsdp``, ``fsdp.py``). Everything else here works the same with one process and no process group (it is
+then a no-op), so the run path never asks.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
@@ -106,13 +109,61 @@ def text_from_main(text: str, size: int = 4096) -> str:
     return bytes(data.cpu().tolist()).rstrip(b"\0").decode("utf-8")
 
 
-def wrap(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
-    """``model`` in ``DistributedDataParallel`` when there are several processes, else ``model`` itself."""
+def shard_mode(requested: str | None) -> str:
+    """The ``--shard`` a run uses: none with one process (nothing to share), else the one asked (default ddp).
+    ``none`` under torchrun is refused: every process would train its own copy on its own data."""
+    from minift.train.config import TrainConfigError
+
     if world_size() == 1:
+        return "none"
+    if requested == "none":
+        raise TrainConfigError(f"--shard none with {world_size()} processes: each would train alone; use --shard ddp "
+                         "(a whole copy per process) or fsdp (parameters, gradients and optimizer states sharded)")
+    return requested or "ddp"
+
+
+def wrap(model: torch.nn.Module, device: torch.device, shard: str = "ddp", precision: str = "fp32") -> torch.nn.Module:
+    """The model as the processes train it: in ``DistributedDataParallel`` (``shard="ddp"``), sharded in place by
+    FSDP2 (``"fsdp"``, ``minift.train.fsdp``), or ``model`` itself with one process. Build the optimizer after."""
+    if world_size() == 1 or shard == "none":
         return model
+    if shard == "fsdp":
+        from minift.train.fsdp import shard_model
+
+        return shard_model(model, device, precision)
     return torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
                                                      else None)
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+
+
+@contextlib.contextmanager
+def no_sync(model: torch.nn.Module, skip: bool):
+    """Gradients stay local while the block runs when ``skip`` (the micro-batches before a window's last): DDP's
+    ``no_sync()``, FSDP2's ``set_requires_gradient_sync(False)`` (its gradients then stay unsharded until the
+    window's last backward reduce-scatters their sum)."""
+    if not skip or world_size() == 1:
+        yield
+    elif isinstance(model, torch.nn.parallel.DistributedDataParallel):
+        with model.no_sync():
+            yield
+    elif hasattr(model, "set_requires_gradient_sync"):
+        model.set_requires_gradient_sync(False)
+        try:
+            yield
+        finally:
+            model.set_requires_gradient_sync(True)
+    else:
+        yield
+
+
+def gather_objects(value) -> list:
+    """``[value of process 0, value of process 1, ...]`` on every process (``[value]`` with one process): picklable
+    Python values such as a shard's predictions."""
+    if world_size() == 1:
+        return [value]
+    out = [None] * world_size()
+    dist.all_gather_object(out, value)
+    return out

@@ -142,6 +142,10 @@ def answers(model: nn.Module, prompts: Sequence[dict], tokenizer, eos_id: int | 
     if new_tokens is None:
         new_tokens = 2 * max((len(tokenizer.encode(p["answer"], add_special_tokens=False).ids) for p in prompts),
                              default=0) + 8
+    positions = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    if positions:  # never past the model's positions (a soft prompt's virtual tokens hold some of them)
+        longest = max((len(p["input_ids"]) for p in prompts), default=0) + getattr(model, "num_virtual_tokens", 0)
+        new_tokens = max(0, min(new_tokens, positions - longest))
     rows = []
     for start in range(0, len(prompts), batch_size):
         chunk = prompts[start:start + batch_size]

@@ -18,6 +18,8 @@ works from any working directory.
 - ``--max-length`` may change when no training example is longer than the shorter of the two lengths, so that the
   training data stays the same (checked once the data is encoded): this fixes a length too long for the model's
   positions, which only the evaluation would have hit;
+- ``--batch-size`` may change when ``--batch-size`` × processes stays the same (checked against the checkpoint): the
+  same data order on another number of processes (e.g. a 2-process run resumed by one process with twice the batch);
 - free: what is evaluated, logged and saved, and where the run runs (``RESUME_FREE``). ``--clip`` is free too, as a
   deliberate change of the training from the resumed step on (e.g. after a NaN stop).
 """
@@ -43,6 +45,7 @@ from minift.train.config import (
     METHOD_FIELDS,
     SAVE_POLICIES,
     SCHEDULES,
+    SHARDS,
     TrainConfig,
     TrainConfigError,
     flat,
@@ -52,7 +55,7 @@ from minift.train.config import (
 )
 
 CHOICES = {"method": METHODS, "schedule": SCHEDULES, "precision": (*PRECISIONS, *PRECISION_ALIASES),
-           "task_kind": FILE_KINDS, "init": INITS, "save": SAVE_POLICIES, "best_tie": BEST_TIES}
+           "task_kind": FILE_KINDS, "init": INITS, "save": SAVE_POLICIES, "best_tie": BEST_TIES, "shard": SHARDS}
 # Fields whose flag is not (only) their name, and fields read by their own parser: a prompt's \n is a newline, and an
 # empty label word is kept for minift.data to name (a plain list flag would drop it).
 FLAG_NAMES = {"task_prompt": ("--prompt", "--task-prompt")}
@@ -105,7 +108,8 @@ def build_parser(fields: Collection[str] | None = None, methods: bool = True, pr
                f"{', '.join(PRECISION_ALIASES.values())}) for one release. YAML files and run folders from earlier "
                "releases may use the flat keys lora_r, adapter_size, prompt_init, ... "
                "--resume RUN_DIR continues a run with its saved config: --epochs / --max-steps may be raised, "
-               "--max-length changed when no training example is longer than the shorter length, and "
+               "--max-length changed when no training example is longer than the shorter length, --batch-size "
+               "when --batch-size × processes stays the same (another number of processes), and "
                f"{', '.join(flag(n) for n in RESUME_FREE if n not in ('resume', 'seeds'))} changed freely; other "
                "flags are refused. A non-empty --output-dir needs --resume or --overwrite. Exit status: 2 for a bad "
                "input, 1 after a NaN loss or running out of memory, 130 / 143 / 129 after Ctrl-C / SIGTERM / SIGHUP "
@@ -186,14 +190,15 @@ def absolute_paths(values: dict) -> dict:
 # here. Of the method configs (lora, adapter, prompt) only the run's own method's is compared.
 # Limits a resumed run may raise (to train on), never lower below what the run was started with.
 RESUME_RAISABLE = ("epochs", "max_steps")
-# May change when the training data stays the same (the recipe checks it once the data is encoded).
-RESUME_IF_SAME_DATA = ("max_length",)
+# May change when the training data stays the same (the recipe checks it once the data is encoded), and --batch-size
+# when --batch-size × processes stays the same (the data order depends on that; checked against the checkpoint).
+RESUME_IF_SAME_DATA = ("max_length", "batch_size")
 # Free: what is evaluated, logged and saved, and where the run runs; the training is the same (gradient
-# checkpointing recomputes the same numbers). --clip changes the training from the resumed step on, as a deliberate
-# choice (e.g. after a NaN stop).
+# checkpointing recomputes the same numbers; --shard ddp / fsdp makes the same updates, reduced in another order).
+# --clip changes the training from the resumed step on, as a deliberate choice (e.g. after a NaN stop).
 RESUME_FREE = ("resume", "seeds", "output_dir", "overwrite", "eval_batch_size", "eval_every", "eval_each_epoch",
                "early_stopping", "log_every", "save_every_minutes", "save_every_steps", "plot", "device",
-               "gradient_checkpointing", "clip", "sample_answers", "save", "dry_run")
+               "gradient_checkpointing", "clip", "sample_answers", "save", "dry_run", "shard")
 
 
 def run_folder(resume: str) -> Path:

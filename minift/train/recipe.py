@@ -7,17 +7,18 @@
   method calls;
 - ``finish()`` reloads the best weights from their folder, evaluates them on test and writes ``summary.json``.
 
-The run folder is described in ``runfolder.py``. Under ``torchrun`` every process runs the recipe; process 0
-evaluates and writes the folder, and collectives keep the processes' decisions (stop, improved) the same.
+The run folder is described in ``runfolder.py``. Under ``torchrun`` every process runs the recipe on its share of
+each batch, with a whole copy of the model (``--shard ddp``) or 1/N of it (``--shard fsdp``, ``fsdp.py``); every
+process evaluates a share of the evaluation data (``evalspread.py``), process 0 computes the metrics and writes the
+folder, and collectives keep the processes' decisions (stop, improved) the same.
 """
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import math
 import signal
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 
 import torch
 
@@ -26,50 +27,18 @@ from minift.precision import uses_grad_scaler
 from minift.train import disk, distributed, runfolder
 from minift.train.batching import BatchPlan, eval_batches
 from minift.train.build import build, check_same_training_data, pick_device, seed_everything
-from minift.train.checkpoint import (
-    CheckpointLoadError,
-    adopt,
-    load_checkpoint,
-    load_weights,
-    save_checkpoint,
-    save_weights,
-)
+from minift.train.checkpoint import CheckpointLoadError, adopt, load_checkpoint, save_checkpoint
 from minift.train.config import TrainConfig
 from minift.train.dryrun import dry_run, param_counts
-from minift.train.evaluate import answers, evaluate
+from minift.train.evalspread import answers_spread, evaluate_spread
 from minift.train.flags import check_resumable, saved_config
+from minift.train.fsdp import local_param_bytes
 from minift.train.interrupt import Interrupted, StopRequest, exit_status, immediate_stops
+from minift.train.loopstate import LoopState, total_steps
 from minift.train.oom import out_of_memory_message
 from minift.train.step import WindowStats, backward_window, optimizer_step, optimizer_steps
 from minift.train.stops import TrainingStopped, interrupted_message, nan_message, stopped_outside_loop
-
-
-@dataclass
-class LoopState:
-    """The loop's position and bookkeeping; saved in every checkpoint (JSON)."""
-
-    step: int = 0  # optimizer steps done
-    epoch: int = 0  # current epoch
-    micro: int = 0  # micro-batches of the current epoch already consumed
-    best_metric: float | None = None  # best main metric so far (process 0)
-    best_step: int = -1  # the step it was measured at
-    bad_evals: int = 0  # evaluations since the last improvement (early stopping)
-    skipped_steps: int = 0  # fp16 steps skipped by the GradScaler (inf/NaN gradients)
-    stopped: str = ""  # why the loop ended: "" (completed), max_steps, early_stopping, nan, interrupted
-    history: list = field(default_factory=list)  # the evaluations: dicts with step, epoch and metrics
-    log_window: list = field(default_factory=list)  # the training-log sums since the last log line (WindowStats)
-
-    @classmethod
-    def from_dict(cls, values: dict) -> LoopState:
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in names})
-
-
-def total_steps(micro_batches: int, config: TrainConfig) -> int:
-    """Optimizer steps of the whole run: windows of ``grad_accum`` micro-batches per epoch (a short last window
-    counts), times the epochs, capped by ``max_steps``."""
-    steps = -(-micro_batches // config.grad_accum) * config.epochs
-    return min(steps, config.max_steps) if config.max_steps else steps
+from minift.train.weights import load_weights, save_weights
 
 
 class Recipe:
@@ -116,6 +85,7 @@ class Recipe:
         self.device = pick_device(c.device)
         distributed.init(self.device)
         self.main = distributed.is_main()
+        self.shard = distributed.shard_mode(c.shard)
         self.folder = runfolder.claim(c)
         self.out = self.folder.path
         seed_everything(c.seed)
@@ -134,14 +104,18 @@ class Recipe:
         self.val_batches = eval_batches(self.data.val, self.data.collate, c.eval_batch_size)
         self.total_steps = total_steps(len(self.plan), c)
 
+        # DDP, FSDP (self.model sharded in place: the optimizer then holds the shards) or the model itself
+        self.trained = distributed.wrap(self.model, self.device, self.shard, c.precision)
+        self.param_bytes = distributed.gather_objects(local_param_bytes(self.model))  # per process
         self.optimizer = build_optimizer(self.model, c.learning_rate, c.weight_decay, c.betas, c.eps)
         self.scheduler = build_scheduler(self.optimizer, c.schedule, c.warmup, self.total_steps)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=uses_grad_scaler(c.precision))
-        self.trained = distributed.wrap(self.model, self.device)  # DDP under torchrun, else the model itself
         self.state, restored = LoopState(), None
         if c.resume:
-            restored = load_checkpoint(c.resume, self.model, self.optimizer, self.scheduler, self.scaler)
+            restored = load_checkpoint(c.resume, self.model, self.optimizer, self.scheduler, self.scaler,
+                                       c.batch_size, (saved or {}).get("batch_size"))
             self.state = LoopState.from_dict(restored.loop)
+        self.state.global_batch = c.batch_size * distributed.world_size()
         self.saved_step = self.state.step if restored is not None else None  # the step of the newest checkpoint
         self.folder.open(c, saved, self.state.step)  # set-up worked: the first write into the run folder
         if restored is not None and restored.skipped:
@@ -280,10 +254,10 @@ class Recipe:
             self.progress.record(record)
 
     def validate(self, reason: str) -> bool:
-        """Evaluate on validation (process 0), remember and save the best weights; True when early stopping says
-        stop."""
+        """Evaluate on validation (metrics on process 0), remember and save the best weights; True when early
+        stopping says stop."""
         c, state = self.config, self.state
-        metrics = self.val_metrics() if self.main else {}
+        metrics = self.val_metrics()
         value = metrics.get(self.task.main_metric)
         # NaN (e.g. Pearson's r of constant predictions) never improves: stored as the best, nothing would beat it.
         # --best-tie latest: an evaluation that ties the best so far becomes the best (earliest: it does not).
@@ -301,14 +275,13 @@ class Recipe:
         return bool(c.early_stopping) and state.bad_evals >= c.early_stopping
 
     def save_best(self) -> None:
-        """Write the current weights as the run's best, in their final format (process 0)."""
-        if self.main:
-            save_weights(self.model, self.out / runfolder.BEST)
+        """Write the current weights as the run's best, in their final format (every process: FSDP gathers them)."""
+        save_weights(self.model, self.out / runfolder.BEST)
 
     def val_metrics(self) -> dict:
-        """The task's metrics on the validation batches."""
-        return evaluate(self.model, self.task, self.val_batches, self.tokenizer, self.data.special.eos,
-                        self.config.precision, self.device)
+        """The task's metrics on the validation batches (on process 0; every process evaluates a share)."""
+        return evaluate_spread(self.model, self.task, self.val_batches, self.tokenizer, self.data.special.eos,
+                               self.config.precision, self.device)
 
     def checkpoint(self) -> None:
         """Save a checkpoint of this step (once), with the training-log sums so that the log goes on as it would."""
@@ -338,18 +311,21 @@ class Recipe:
             if self.main:
                 runfolder.write_summary(self.out, summary)
             raise TrainingStopped(nan_message(c, self.out, state.step, self.finite_step), summary)
+        if state.best_step < 0:  # no validation ran (or none was finite): the final weights are the run's result
+            self.save_best()
+        distributed.barrier()  # best/ is complete before any process reads it
+        load_weights(self.model, best)  # every process (its copy, or its shard)
+        test = evaluate_spread(self.model, self.task, eval_batches(self.data.test, self.data.collate,
+                                                                   c.eval_batch_size),
+                               self.tokenizer, self.data.special.eos, c.precision, self.device)
+        samples = answers_spread(self.model, self.data.prompts, self.tokenizer, self.data.special.eos, c.precision,
+                                 self.device, batch_size=c.eval_batch_size,
+                                 pad_id=self.data.special.pad) if self.data.prompts else []
         if self.main:
-            if state.best_step < 0:  # no validation ran (or none was finite): the final weights are the run's result
-                self.save_best()
-            load_weights(self.model, best)
-            test_batches = eval_batches(self.data.test, self.data.collate, c.eval_batch_size)
-            summary["test"] = evaluate(self.model, self.task, test_batches, self.tokenizer, self.data.special.eos,
-                                       c.precision, self.device)
-            summary.update(summary["test"])  # final test metrics by name at the top level (e.g. "accuracy")
+            summary["test"] = test
+            summary.update(test)  # final test metrics by name at the top level (e.g. "accuracy")
             if self.data.prompts:  # SFT --sample-answers: what the best weights answer
-                runfolder.write_samples(self.out, answers(self.model, self.data.prompts, self.tokenizer,
-                                                          self.data.special.eos, c.precision, self.device,
-                                                          batch_size=c.eval_batch_size, pad_id=self.data.special.pad))
+                runfolder.write_samples(self.out, samples)
             summary["wall_time_s"] = round(time.time() - self.started, 1)
             runfolder.write_summary(self.out, summary)
             disk.finish(self.out, c.save, runfolder.CHECKPOINTS, runfolder.BEST)  # --save: what stays
@@ -370,7 +346,8 @@ class Recipe:
                 "skipped_steps": state.skipped_steps, "stopped": state.stopped or "completed",
                 "train_examples": len(self.data.train), "test_examples": len(self.data.test),
                 **param_counts(model), "init": c.init, "best_tie": c.best_tie, "save": c.save,
-                "output_dir": str(self.out)}
+                "processes": distributed.world_size(), "shard": self.shard,
+                "param_bytes_per_process": self.param_bytes, "output_dir": str(self.out)}
 
 
 def train_one(config: TrainConfig, progress=None) -> dict:

@@ -57,9 +57,10 @@ def atomic_save_tensors(tensors: dict, path, metadata: dict | None = None) -> No
 
 # --- optimizer state without pickle ---------------------------------------------------------------------------
 
-def flatten_optimizer(optimizer: torch.optim.Optimizer) -> tuple:
-    """(tensors, json-able dict) holding ``optimizer.state_dict()`` exactly."""
-    state = optimizer.state_dict()
+def flatten_optimizer(optimizer: torch.optim.Optimizer, state: dict | None = None) -> tuple:
+    """(tensors, json-able dict) holding ``optimizer.state_dict()`` exactly (or ``state``, that state with its
+    sharded tensors gathered whole: ``minift.train.fsdp.whole_optimizer_state``)."""
+    state = optimizer.state_dict() if state is None else state
     tensors, scalars = {}, {}
     for index, entries in state["state"].items():
         for key, value in entries.items():
@@ -108,6 +109,16 @@ def restore_rng(tensors: dict, info: dict) -> None:
     except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as err:
         _set_rng(*before)
         raise ValueError(f"not a valid generator state ({type(err).__name__}: {err})") from None
+
+
+def fork_rng(index: int) -> None:
+    """Give process ``index`` generators of its own, drawn from the current ones: processes that restored one saved
+    state (a checkpoint written by another number of processes) then draw differently, reproducibly."""
+    seed = int(torch.randint(0, 2**31 - 1, (1,))) + index
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.cuda.manual_seed_all(seed)
 
 
 def _set_rng(tensors: dict, info: dict) -> None:

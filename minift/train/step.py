@@ -4,7 +4,8 @@ inner loop, STYLE.md point 7).
 ``backward_window``: each micro-batch is forwarded under the precision's autocast; its *summed* loss
 (``minift.losses``) is divided by the number of targets in the whole window on all processes, so gradient
 accumulation — a short last window included — leaves the gradients of one big batch. Under DDP the gradients are
-all-reduced once, on the window's last micro-batch.
+all-reduced once, on the window's last micro-batch; under FSDP they are reduce-scattered once, on the same one
+(``distributed.no_sync``).
 
 ``optimizer_step``: GradScaler (enabled for fp16 only) unscales; the global gradient norm is clipped; the scaler
 steps (skipping a step whose fp16 gradients hold inf/NaN) and updates its scale; gradients are dropped with
@@ -13,7 +14,6 @@ steps (skipping a step whose fp16 gradients hold inf/NaN) and updates its scale;
 from __future__ import annotations
 
 import warnings
-from contextlib import nullcontext
 
 import torch
 from torch import nn
@@ -43,9 +43,9 @@ def backward_window(model: nn.Module, window: list, kind: str, precision: str, d
     """Forward and backward one accumulation window, leaving the window's mean-loss gradients in ``.grad``.
 
     Args:
-        model: the model (a ``DistributedDataParallel`` wrapper under torchrun).
+        model: the model (under torchrun a ``DistributedDataParallel`` wrapper or an FSDP-sharded model).
         window: ``(batch, real)`` pairs; ``real=False`` marks a zero-weight stand-in batch (a process whose
-            shard of the last global batch is empty still has to join DDP's all-reduce).
+            shard of the last global batch is empty still has to join DDP's all-reduce, FSDP's collectives).
         kind: the task kind (``minift.data.example.KINDS``): it chooses the loss.
         scaler: the run's GradScaler (a no-op unless fp16).
     Returns:
@@ -56,14 +56,12 @@ def backward_window(model: nn.Module, window: list, kind: str, precision: str, d
     # labels: no device sync on one process (under DDP one tiny all-reduce per step).
     count = distributed.all_sum(torch.tensor([float(sum(target_count(kind, b["labels"]) for b, real in window
                                                         if real))]))
-    denominator = max(count.item(), 1.0) / world  # DDP then averages the gradients over the processes
+    denominator = max(count.item(), 1.0) / world  # DDP / FSDP then average the gradients over the processes
     total = torch.zeros((), device=device)
     for i, (batch, real) in enumerate(window):
         inputs = model_inputs(batch, device)
         labels = batch["labels"].to(device, non_blocking=True)
-        last = i == len(window) - 1
-        sync = nullcontext() if last or world == 1 else model.no_sync()  # all-reduce once per window
-        with sync:
+        with distributed.no_sync(model, skip=i < len(window) - 1):  # all-reduce / reduce-scatter once per window
             with autocast(precision, device):
                 output = model(**inputs)  # (B, num_labels) / (B, 1) / (B, T, num_labels) / (B, T, V)
             summed = loss_sum(kind, output, labels)  # outside autocast: the loss in fp32

@@ -26,7 +26,8 @@ SEED = 14
 SITES = [("write", 12)] * 4 + [("update", 2)] * 2 + [("window", 2)] * 2 + [("load", 1), ("evaluate", 1)] + \
         [("timer", 0)] * 2
 HOOKS = {"write": (savestate, "atomic_write_bytes"), "update": (recipe, "optimizer_step"),
-         "window": (recipe, "backward_window"), "load": (build, "load_pretrained"), "evaluate": (recipe, "evaluate")}
+         "window": (recipe, "backward_window"), "load": (build, "load_pretrained"),
+         "evaluate": (recipe, "evaluate_spread")}
 
 
 def _args(assets, out):  # 32 steps of 2 examples, a checkpoint after every step, evaluation every 8 steps

@@ -161,7 +161,7 @@ def test_resume_may_raise_limits_and_change_evaluation(tmp_path):
 
 
 @pytest.mark.parametrize("argv, fragment", [
-    (["--batch-size", "32"], "--batch-size 4 → 32"), (["--seed", "1"], "--seed"), (["--grad-accum", "2"], "grad-accum"),
+    (["--seed", "1"], "--seed"), (["--grad-accum", "2"], "grad-accum"),
     (["--method", "full"], "--method"), (["--val-fraction", "0.2"], "--val-fraction"), (["--lr", "0.5"], "--lr"),
     (["--lora-r", "4"], "--lora-r 8 → 4"), (["--lora-targets", "query"], "--lora-targets None"),
     (["--max-steps", "5"], "may only be raised"), (["--epochs", "1"], "may only be raised")])
