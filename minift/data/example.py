@@ -57,6 +57,15 @@ class Conversation:
         return [{"role": m.role, "content": m.content} for m in self.messages]
 
 
+# Metrics where lower is better (every other metric: higher), the one home of a metric's direction: the errors and
+# losses among the metrics minift computes; any "*_loss" too.
+LOWER_IS_BETTER = ("mse", "mae", "rmse", "loss", "val_loss", "response_loss", "perplexity")
+
+
+def lower_is_better(metric: str) -> bool:
+    return metric in LOWER_IS_BETTER or metric.endswith("_loss")
+
+
 @dataclass
 class Task:
     """A task: named splits of examples plus what a model and the metrics need to know about them."""
@@ -70,7 +79,6 @@ class Task:
     description: str = ""  # how the splits were built (sources, seeds, sizes)
     prompt: str | None = None  # causal-LM: template with "{text}" (and "{text_pair}"); the label word follows
     label_words: list[str] = field(default_factory=list)  # causal-LM: the word generated for each class id
-    greater_is_better: bool = True  # whether a higher main metric is better (False for a loss)
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -79,6 +87,11 @@ class Task:
             raise ValueError(f"task {self.name!r}: main metric {self.main_metric!r} not in {self.metric_names}")
         if self.kind == "causal-lm" and (self.prompt is None or len(self.label_words) != len(self.label_names)):
             raise ValueError(f"task {self.name!r}: a causal-lm task needs a prompt and one label word per class")
+
+    @property
+    def greater_is_better(self) -> bool:
+        """Whether a higher main metric is better (False for a loss or an error: ``lower_is_better``)."""
+        return not lower_is_better(self.main_metric)
 
     def better(self, value: float, best: float | None) -> bool:
         """Whether main-metric ``value`` improves on ``best`` (None: nothing yet), in the task's direction."""

@@ -194,7 +194,7 @@ def _file_task(name: str, text_column: str, label_column: str, text_pair_column:
                             "columns")
         splits = read_sft_task(spec)
         return Task(name=name, kind="sft", splits=splits, label_names=[], metric_names=list(SFT_METRICS),
-                    main_metric=SFT_METRICS[0], greater_is_better=False,
+                    main_metric=SFT_METRICS[0],
                     description=f"instruction tuning on the conversations of {spec}")
     read_kind = "classification" if kind == "causal-lm" else kind
     splits, labels, file_kind = read_file_task(spec, text_column=text_column, label_column=label_column,

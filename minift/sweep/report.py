@@ -14,9 +14,10 @@
 """
 from __future__ import annotations
 
+from minift.data.example import lower_is_better
 from minift.sweep.grid import SEED, Sweep
 from minift.sweep.run import write_records
-from minift.sweep.tables import build_tables, cells_csv, group_cells, lower_is_better, to_csv, to_latex, to_markdown
+from minift.sweep.tables import build_tables, cells_csv, group_cells, to_csv, to_latex, to_markdown
 
 RESULTS = ("results.md", "results.csv", "results.tex", "cells.csv")
 BY = ("method", "model", "task")  # what minift.plots can compare

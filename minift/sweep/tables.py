@@ -17,17 +17,11 @@ import math
 import statistics
 from dataclasses import dataclass, field
 
+from minift.data.example import lower_is_better
 from minift.sweep.grid import SEED
 
-# Metrics where lower is better (the rest: higher). minift.data's tasks name their metrics; these are the errors
-# and losses among them.
-LOWER_IS_BETTER = ("mse", "mae", "rmse", "loss", "val_loss", "response_loss", "perplexity")
 EMPTY = "—"
 METHOD = "method"
-
-
-def lower_is_better(metric: str) -> bool:
-    return metric in LOWER_IS_BETTER or metric.endswith("_loss")
 
 
 @dataclass
