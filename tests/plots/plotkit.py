@@ -99,7 +99,8 @@ def write_grid(root: Path, tasks=("sst2", "cola", "stsb"), methods=("full", "lor
 
 
 def example_figures(out: Path) -> list:
-    """The example figures of docs/figures, from synthetic grids: one run's curves, methods overlaid on one task,
+    """Every kind of figure from synthetic grids, to look at the plotting code's output (docs/figures holds figures
+    of real runs, not these): one run's curves, methods overlaid on one task,
     method × task bars and model × task bars (mean ± std over 5 seeds)."""
     import shutil
 
@@ -122,5 +123,5 @@ def example_figures(out: Path) -> list:
 
 
 if __name__ == "__main__":
-    for path in example_figures(Path(sys.argv[1] if len(sys.argv) > 1 else "docs/figures")):
+    for path in example_figures(Path(sys.argv[1] if len(sys.argv) > 1 else "runs/plotkit-figures")):
         print(path, f"{path.stat().st_size // 1024} kB")
