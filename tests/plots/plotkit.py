@@ -1,8 +1,8 @@
-"""Synthetic run folders for the plot tests and the example figures: metrics.jsonl, summary.json and config.json
+"""Synthetic run folders for the plot tests: metrics.jsonl, summary.json and config.json
 written directly (the format ``python -m minift.train`` writes), with curves shaped like real fine-tuning runs.
 
-``python tests/plots/plotkit.py docs/figures`` draws the example figures of docs/figures from a synthetic
-3 tasks × 3 methods × 5 seeds grid.
+``python tests/plots/plotkit.py [DIR]`` draws every kind of figure from a synthetic 3 tasks × 3 methods × 5 seeds
+grid into DIR (default runs/plotkit-figures), to look at; the figures of docs/figures are from real runs.
 """
 from __future__ import annotations
 
