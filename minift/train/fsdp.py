@@ -8,6 +8,9 @@ and again for its backward, and its gradients reduce-scattered right after.
   shards each parameter on its own (no flat parameter, unlike FSDP1's ``use_orig_params=False``), so frozen and
   trainable parameters share a unit and both are sharded; frozen ones get no gradient and no reduce-scatter. The
   optimizer holds the trainable shards only.
+- **A 4-bit base** (``--quantize nf4``, QLoRA): an ``NF4Linear`` keeps its codes and scales as buffers, and FSDP2
+  shards parameters only, so every process holds the whole 4-bit base; the embeddings, norms, head and the LoRA
+  parameters are sharded as usual (``minift.memory`` counts it that way).
 - **Precision** (``MixedPrecisionPolicy``): under ``--precision bf16`` / ``fp16`` the sharded parameters stay fp32
   (the master copy the optimizer updates) and are all-gathered in the autocast dtype, so autocast has nothing left
   to copy; gradients are reduce-scattered in fp32. ``fp32`` and ``bf16-pure`` gather the parameters as stored.
@@ -70,8 +73,12 @@ def reshard(model: nn.Module) -> None:
 
 
 def local_param_bytes(model: nn.Module) -> int:
-    """Bytes of the parameters this process holds: its shards under FSDP, every parameter otherwise."""
-    return sum(_local(p).numel() * p.element_size() for p in model.parameters())
+    """Bytes of the weights this process holds: its shards of the parameters under FSDP (every parameter otherwise),
+    plus a 4-bit base's codes and scales, whole on every process (they are buffers, which FSDP2 does not shard)."""
+    from minift.quant import nf4_layers
+
+    params = sum(_local(p).numel() * p.element_size() for p in model.parameters())
+    return params + sum(layer.nbytes for layer in nf4_layers(model).values())
 
 
 def _local(tensor: torch.Tensor) -> torch.Tensor:
