@@ -142,19 +142,12 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
 @contextlib.contextmanager
 def no_sync(model: torch.nn.Module, skip: bool):
     """Gradients stay local while the block runs when ``skip`` (the micro-batches before a window's last): DDP's
-    ``no_sync()``, FSDP2's ``set_requires_gradient_sync(False)`` (its gradients then stay unsharded until the
-    window's last backward reduce-scatters their sum)."""
-    if not skip or world_size() == 1:
-        yield
-    elif isinstance(model, torch.nn.parallel.DistributedDataParallel):
+    ``no_sync()``. An FSDP model reduce-scatters every micro-batch all the same (as torchtitan does): FSDP2's
+    ``set_requires_gradient_sync(False)`` would keep every block's gradient whole, in fp32, until the window's last
+    backward — the memory FSDP is there to save — so the window costs N - 1 more reduce-scatters instead."""
+    if skip and isinstance(model, torch.nn.parallel.DistributedDataParallel):
         with model.no_sync():
             yield
-    elif hasattr(model, "set_requires_gradient_sync"):
-        model.set_requires_gradient_sync(False)
-        try:
-            yield
-        finally:
-            model.set_requires_gradient_sync(True)
     else:
         yield
 

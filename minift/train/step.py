@@ -4,8 +4,8 @@ inner loop, STYLE.md point 7).
 ``backward_window``: each micro-batch is forwarded under the precision's autocast; its *summed* loss
 (``minift.losses``) is divided by the number of targets in the whole window on all processes, so gradient
 accumulation — a short last window included — leaves the gradients of one big batch. Under DDP the gradients are
-all-reduced once, on the window's last micro-batch; under FSDP they are reduce-scattered once, on the same one
-(``distributed.no_sync``).
+all-reduced once, on the window's last micro-batch; under FSDP they are reduce-scattered after every micro-batch,
+so that they stay sharded (``distributed.no_sync``).
 
 ``optimizer_step``: GradScaler (enabled for fp16 only) unscales; the global gradient norm is clipped; the scaler
 steps (skipping a step whose fp16 gradients hold inf/NaN) and updates its scale; gradients are dropped with
@@ -61,7 +61,7 @@ def backward_window(model: nn.Module, window: list, kind: str, precision: str, d
     for i, (batch, real) in enumerate(window):
         inputs = model_inputs(batch, device)
         labels = batch["labels"].to(device, non_blocking=True)
-        with distributed.no_sync(model, skip=i < len(window) - 1):  # all-reduce / reduce-scatter once per window
+        with distributed.no_sync(model, skip=i < len(window) - 1):  # DDP: all-reduce once per window
             with autocast(precision, device):
                 output = model(**inputs)  # (B, num_labels) / (B, 1) / (B, T, num_labels) / (B, T, V)
             summed = loss_sum(kind, output, labels)  # outside autocast: the loss in fp32
