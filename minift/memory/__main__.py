@@ -6,6 +6,7 @@ Examples::
     python -m minift.memory --model llama-3.2-3b --precision bf16 --batch-size 4 --gpu 80GB
     python -m minift.memory --model path/to/hf_folder --method lora --lora-r 16 --json
     python -m minift.memory --model llama-3.2-3b --quantize nf4 --precision bf16   # QLoRA: a 4-bit frozen base
+    python -m minift.memory --model llama-3.2-3b --method full --gpus 4 --shard fsdp   # per GPU of torchrun's 4
     python -m minift.memory --model llama-3.2-1b --method lora --profile   # measure on a CUDA GPU
     python -m minift.memory --model bert-base --max-length 128 --device cpu --profile   # measure on the CPU
 
@@ -26,6 +27,7 @@ from rich.console import Console
 from minift.memory.estimate import ATTENTIONS, OPTIMIZERS, Estimate, Setup, estimate, largest_batch, usable
 from minift.memory.params import model_facts
 from minift.memory.report import Unrunnable, human, render, to_json
+from minift.memory.sharding import SHARDS
 from minift.models.errors import ModelLoadError
 from minift.models.presets import PRESETS, resolve_model, shape_for_params
 from minift.models.registry import HEAD_KINDS
@@ -80,6 +82,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="store the frozen base's block linears in 4 bits (QLoRA's NF4), as minift.train --quantize")
     p.add_argument("--double-quant", default=True, **BOOL_FLAG,
                    help="with --quantize: quantise the block scales to 8 bits too (default: true)")
+    p.add_argument("--gpus", type=int, default=1,
+                   help="processes under torchrun, one GPU each: the estimate is per GPU (--batch-size is per GPU)")
+    p.add_argument("--shard", choices=SHARDS, default="ddp",
+                   help="with --gpus N: ddp (a whole copy per GPU, + DDP's gradient buckets) or fsdp (weights, "
+                        "gradients and optimizer states 1/N, + the all-gathered units), as minift.train --shard")
     p.add_argument("--optimizer", choices=OPTIMIZERS, default="adamw")
     p.add_argument("--attention", choices=ATTENTIONS, default="sdpa")
     p.add_argument("--head", default="auto", choices=["auto", *HEAD_KINDS, "none"],
@@ -103,7 +110,7 @@ def _setup(args: argparse.Namespace) -> Setup:
                  optimizer=args.optimizer, gradient_checkpointing=args.gradient_checkpointing,
                  attention=args.attention, head=None if args.head == "none" else args.head, padded=args.padded,
                  device=args.device, grad_accum=args.grad_accum, quantize=args.quantize,
-                 double_quant=args.double_quant)
+                 double_quant=args.double_quant, gpus=args.gpus, shard=args.shard)
 
 
 def _methods(args: argparse.Namespace, config, setup: Setup) -> list[Method]:

@@ -18,7 +18,11 @@ Terms (bytes), for a model of P parameters of which P_t train:
 - activations: what autograd keeps for backward, from the symbolic tape in ``activations.py``;
 - logits buffers: the (B, T, V) logits the loop holds, plus the fp32 copies the loss makes and the two (N, V)
   fp32 gradient buffers at the start of backward — large for 128k-token vocabularies;
-- autocast copies: the bf16/fp16 copies of weights that autocast makes and autograd keeps for backward.
+- autocast copies: the bf16/fp16 copies of weights that autocast makes and autograd keeps for backward;
+- per GPU under ``torchrun`` (``Setup(gpus=N, shard=...)``, ``sharding.py``): DDP adds its gradient buckets (one
+  more copy of the gradients); FSDP divides weights, gradients and optimizer states by N (GPU 0's ``torch.chunk``
+  share; a 4-bit base stays whole) and adds the all-gathered units (the root and two blocks, one block's whole
+  gradients in backward) while autocast copies nothing.
 
 The peak is the largest of the step's phases, each the set of tensors alive at that moment:
 forward end / loss (weights, states, activations, logits and the loss's copies), backward (activations are
@@ -33,7 +37,8 @@ import math
 from dataclasses import dataclass, field, replace
 
 from minift.memory.activations import Activations, Batch, memory_spec, trace_activations
-from minift.memory.params import ModelFacts, ParamCount, check_length, model_facts
+from minift.memory.params import ModelFacts, ParamCount, check_length, meta_model, model_facts
+from minift.memory.sharding import SHARDS, fsdp_units, gathered_bytes
 from minift.models.config import ModelConfig
 from minift.models.registry import get_family
 from minift.peft.config import Method
@@ -61,15 +66,17 @@ class Setup:
     grad_accum: int = 1  # micro-batches per optimizer step (from the 2nd on, gradients already exist)
     quantize: str | None = None  # "nf4": the frozen base's block linears in 4 bits (QLoRA); None: as loaded
     double_quant: bool = True  # with quantize: the block scales quantised to 8 bits too
+    gpus: int = 1  # processes under torchrun (one GPU each); the estimate is per GPU, batch_size per GPU
+    shard: str = "ddp"  # with gpus > 1: "ddp" (a whole copy per GPU) or "fsdp" (FSDP2: weights, grads, states / N)
 
     def __post_init__(self):
-        for name in ("batch_size", "max_length", "grad_accum"):
+        for name in ("batch_size", "max_length", "grad_accum", "gpus"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name.replace('_', '-')} must be a positive integer, got {value!r}")
         object.__setattr__(self, "precision", canonical(self.precision))  # mixed-bf16 → bf16, mixed-fp16 → fp16
         choices = {"optimizer": OPTIMIZERS, "attention": ATTENTIONS, "device": ("cuda", "cpu"),
-                   "quantize": (None, *QUANTIZE_FORMATS)}
+                   "quantize": (None, *QUANTIZE_FORMATS), "shard": SHARDS}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"unknown {name} {getattr(self, name)!r}; choose one of "
@@ -82,6 +89,21 @@ class Setup:
     @property
     def autocast(self) -> bool:
         return autocast_dtype(self.precision) is not None
+
+    @property
+    def fsdp(self) -> bool:
+        """Sharded by FSDP2 (one GPU trains the whole model, whatever ``shard`` says)."""
+        return self.gpus > 1 and self.shard == "fsdp"
+
+    @property
+    def gather_itemsize(self) -> int:
+        """Bytes per element of FSDP's all-gathered parameters: the autocast dtype's, else the parameters'."""
+        return 2 if self.autocast else self.param_itemsize
+
+    @property
+    def reduce_itemsize(self) -> int:
+        """Bytes per element of FSDP's reduce-scattered gradients: fp32 under autocast, else the parameters'."""
+        return 4 if self.autocast else self.param_itemsize
 
     @property
     def nf4(self) -> NF4Config | None:
@@ -115,6 +137,8 @@ class Estimate:
     logits_buffers: int
     autocast_copies: int
     dequantized: int = 0  # one 4-bit weight dequantised for a matmul (transient; 0 without a quantised base)
+    gathered: int = 0  # FSDP: whole parameters (and one block's whole gradients) alive at once in backward
+    ddp_buckets: int = 0  # DDP: the reducer's gradient buckets (a copy of every gradient, for the whole run)
     phases: dict[str, int] = field(default_factory=dict)
     extra: dict[str, int] = field(default_factory=dict)  # logits_live, loss_temp, grad_start, head_grads
 
@@ -142,6 +166,7 @@ class Estimate:
                             "checkpointed": act.checkpointed},
             "logits_buffers": self.logits_buffers + act.logits, "autocast_copies": self.autocast_copies,
             "dequantized": self.dequantized, "quantized_weights": self.params.quantized,
+            "gathered": self.gathered, "ddp_buckets": self.ddp_buckets,
             "phases": dict(self.phases), "peak": self.peak, "peak_phase": self.peak_phase, "steady": self.steady,
         }
 
@@ -218,40 +243,59 @@ def estimate(config: ModelConfig, method: Method | None = None, setup: Setup | N
                             device=setup.device, autocast=setup.autocast, param_itemsize=item,
                             attention=setup.attention, grad_checkpointing=setup.gradient_checkpointing,
                             quantize=setup.nf4)
-    weights, grads = (counts.total - counts.quantized) * item + facts.quantized_bytes, counts.trainable * item
+    trainable, largest_trainable = counts.trainable, facts.largest_trainable
+    weights = (counts.total - counts.quantized) * item + facts.quantized_bytes
+    units = fsdp_units(meta_model(config, head, method, setup.nf4), setup.gpus) if setup.fsdp else None
+    if units is not None:  # GPU 0's shares of the parameters (a 4-bit base's codes are buffers: whole)
+        weights = units.shard * item + facts.quantized_bytes
+        trainable, largest_trainable = units.trainable_shard, units.largest_trainable_shard
+        # the gathered parameters are in autocast's dtype already: it copies nothing
+        act = replace(act, weight_copies=0, layer_copies=0, copies_per_layer=[0] * len(act.per_layer),
+                      cached_copies=0)
+    grads = trainable * item
     nf4 = setup.nf4
     dequantized = dequantize_bytes(facts.largest_quantized, setup.compute_itemsize, nf4.block_size,
                                    nf4.double_quant) if nf4 is not None and facts.largest_quantized else 0
-    states = _state_bytes(setup.optimizer, counts.trainable, item)
-    largest = facts.largest_trainable * item
+    states = _state_bytes(setup.optimizer, trainable, item)
+    largest = largest_trainable * item
     # per-tensor AdamW: sqrt(v) and its quotient; SGD with weight decay: grad + wd·param (minift decays weights)
     temps = {"adamw": 2 * largest, "adamw-foreach": grads, "sgd": largest, "sgd-momentum": largest}
     temp = temps.get(setup.optimizer, 0)
     logits = _logits(config, setup, head)
     # the tied embedding's gradient: lm_head's contribution comes first, the lookup's at the end of backward
-    vc = config.vocab_size * config.hidden_size * item if (facts.tied_head and facts.embedding_trains
-                                                           and head == "causal-lm") else 0
-    phases = _phases(config, setup, facts, act, logits, weights + states, grads, vc, dequantized)
-    phases["optimizer step"] = weights + grads + states + temp
+    vc = config.vocab_size * config.hidden_size * (setup.gather_itemsize if units else item) if (
+        facts.tied_head and facts.embedding_trains and head == "causal-lm") else 0
+    buckets = grads if setup.gpus > 1 and setup.shard == "ddp" else 0  # DDP's copy of every gradient
+    phases = _phases(config, setup, facts, act, logits, weights + states + buckets, grads, vc, dequantized, units)
+    phases["optimizer step"] = weights + grads + states + temp + buckets
     return Estimate(method=method.label(), params=counts, weights=weights, gradients=grads,
                     optimizer_states=states, optimizer_temporaries=temp, activations=act,
                     logits_buffers=logits["logits_live"] + logits["loss_temp"], autocast_copies=act.weight_copies,
-                    dequantized=dequantized, phases=phases,
+                    dequantized=dequantized, phases=phases, ddp_buckets=buckets,
+                    gathered=gathered_bytes(units, setup.gather_itemsize, setup.reduce_itemsize)["backward"]
+                    if units else 0,
                     extra={"logits_live": logits["logits_live"], "loss_temp": logits["loss_temp"],
                            "grad_start": logits["grad_start"],
                            "head_grads": facts.head_trainable * item if setup.grad_accum == 1 else 0})
 
 
 def _phases(config: ModelConfig, setup: Setup, facts: ModelFacts, act: Activations, logits: dict[str, int],
-            persistent: int, grads: int, vc: int, dequantized: int = 0) -> dict[str, int]:
+            persistent: int, grads: int, vc: int, dequantized: int = 0, units=None) -> dict[str, int]:
     """Bytes alive in the forward + loss, at the start of backward and through the blocks' backward
-    (``dequantized``: one 4-bit weight dequantised for the matmul running at that moment)."""
+    (``dequantized``: one 4-bit weight dequantised for the matmul running at that moment; ``units``: the FSDP
+    units, whose gathered parameters come on top, with gradients sharded as each block's backward ends and the
+    root's whole until the end of backward)."""
     B, T0, C, V = setup.batch_size, setup.max_length, config.hidden_size, config.vocab_size
     T = T0 + facts.prompt_length
     item, act_item = setup.param_itemsize, logits["out_item"]  # bf16 under autocast or with bf16 weights
     logits_live, causal_lm = logits["logits_live"], logits["grad_start"] > 0
     head_grads = facts.head_trainable * item
     layer_grads = [n * item for n in facts.block_trainable]
+    gathered = {"forward": 0, "backward": 0}
+    if units is not None:
+        gathered = gathered_bytes(units, setup.gather_itemsize, setup.reduce_itemsize)
+        head_grads = facts.head_trainable * setup.gather_itemsize
+        layer_grads = [n * item for n in units.block_trainable_shard]
     accumulated = 0
     if setup.grad_accum > 1:  # a later micro-batch runs with every gradient allocated by the first
         accumulated, head_grads, layer_grads = grads, 0, [0] * len(layer_grads)
@@ -275,7 +319,7 @@ def _phases(config: ModelConfig, setup: Setup, facts: ModelFacts, act: Activatio
                          + head_grads + B * T * C * 4)
         if facts.prompt_length:  # the virtual positions are cut off the logits: their gradient is re-padded
             head_backward += B * T * V * act_item
-    base = persistent + accumulated + act.weight_copies
+    base = persistent + accumulated + act.weight_copies + gathered["forward"]
     phases = {
         # inside the model (autocast's cache alive) / computing the loss (outside autocast, as minift.train does)
         "forward+loss": base + max(act.total - act.logits + act.cached_copies + max(logits_live, forward_transient),
@@ -302,9 +346,15 @@ def _phases(config: ModelConfig, setup: Setup, facts: ModelFacts, act: Activatio
     # End of backward: every gradient exists; a tied embedding's two contributions (lm_head's and the lookup's)
     # are summed in autograd's input buffer before they reach .grad — out of place when lm_head's gradient is a
     # transposed matmul result (three V×C tensors at once), in place when autocast's cast made it contiguous.
-    done = 0 if accumulated else grads - vc
-    end = blocks_base + act.embeddings + done + (2 if setup.autocast else 3) * vc
-    phases["backward (blocks)"] = max(blocks_base + worst, end)
+    copies = 2 if setup.autocast else 3
+    if units is not None:  # the blocks' gradients sharded, the root's whole (a tied embedding's among them)
+        done = 0 if accumulated else grads
+        end = (blocks_base + act.embeddings + done + gathered["forward"]
+               + units.root_trainable * setup.gather_itemsize + (copies - 1) * vc)
+    else:
+        done = 0 if accumulated else grads - vc
+        end = blocks_base + act.embeddings + done + copies * vc
+    phases["backward (blocks)"] = max(blocks_base + worst + gathered["backward"], end)
     return phases
 
 

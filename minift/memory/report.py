@@ -45,6 +45,14 @@ EXPLANATIONS = {
                       "backward start two (B·T, V) fp32 gradients — large for 128k vocabularies",
     "autocast copies": "mixed precision: bf16/fp16 copies of the weights autocast makes for each matmul and autograd "
                        "keeps for backward",
+    "gathered (FSDP)": "with --gpus N --shard fsdp: FSDP2 all-gathers a unit's whole parameters in the autocast dtype "
+                       "(else the weights') for its forward and backward: the root (embeddings, final norm, head; kept "
+                       "from forward to the end of backward) and two blocks (the running one and the next, prefetched);"
+                       " in backward one block's whole gradients and their fp32 reduce-scatter input. Weights, "
+                       "gradients and states are GPU 0's torch.chunk share (1/N, rounded up per tensor); a 4-bit "
+                       "base's codes are buffers, which FSDP2 does not shard: whole on every GPU",
+    "DDP gradient buckets": "with --gpus N --shard ddp: DistributedDataParallel's flat buckets (25 MiB each) hold a "
+                            "copy of every gradient for the whole run (gradient_as_bucket_view is off)",
     "peak": "largest phase of a step (not a sum): forward+loss, backward start, backward through the blocks "
             "(activations freed as gradients appear; with checkpointing one block recomputed), optimizer step "
             "(gradients + states + temporaries)",
@@ -72,6 +80,10 @@ def assumptions(setup: Setup, description: str, head: str | None) -> list[str]:
         ("training step as in minift.train: forward + loss under autocast, backward outside, step, "
         "zero_grad(set_to_none=True); dropout as in the config"),
     ]
+    if setup.gpus > 1:
+        lines.append(f"per GPU of {setup.gpus} (torchrun, --shard {setup.shard}; batch {setup.batch_size} on each): "
+                     + ("parameters, gradients and AdamW states sharded 1/N by FSDP2, a unit's parameters gathered "
+                        "whole while it runs" if setup.fsdp else "a whole copy of the model, gradients and states"))
     if setup.quantize:
         lines.append(f"frozen base: the block linears in {setup.quantize.upper()} (QLoRA), blocks of 64"
                      + (", double quantisation" if setup.double_quant else "") + f"; dequantised to "
@@ -103,6 +115,10 @@ def table(rows: list[Estimate | Unrunnable], title: str) -> Table:
     row("autocast copies", [human(r.autocast_copies) for r in results])
     if any(r.dequantized for r in results):
         row("dequantised layer (transient)", [human(r.dequantized) for r in results])
+    if any(r.gathered for r in results):
+        row("gathered units (FSDP)", [human(r.gathered) for r in results])
+    if any(r.ddp_buckets for r in results):
+        row("DDP gradient buckets", [human(r.ddp_buckets) for r in results])
     for phase in results[0].phases if results else ():
         row(f"  phase: {phase}", [human(r.phases[phase]) for r in results])
     row("[bold]peak allocated[/bold]", [f"[bold]{human(r.peak)}[/bold]" for r in results], "[red]cannot run[/red]")
