@@ -3,7 +3,8 @@
 The arithmetic is the standard one (weights + gradients of what trains + AdamW's two fp32-sized states,
 ZeRO paper, arXiv:1910.02054 §3.1); activations come on top and grow with batch size × sequence length.
 ``python -m minift.memory`` gives the full estimate, activations included. When the estimate says a 4-bit frozen
-base (``--quantize nf4``, QLoRA) would fit the GPU, the message suggests it.
+base (``--quantize nf4``, QLoRA) would fit the GPU, the message suggests it; under ``torchrun`` with DDP, so does
+``--shard fsdp`` when its per-GPU estimate fits. The estimate is per GPU, for the run's processes and ``--shard``.
 """
 from __future__ import annotations
 
@@ -34,12 +35,14 @@ def estimator_lines(model: nn.Module, config, device: torch.device) -> list:
     cannot describe this model (the basic arithmetic above still stands)."""
     try:
         from minift.memory.estimate import Setup, estimate, largest_batch
+        from minift.train.distributed import world_size
 
         quantize = getattr(config, "quantize", None)
         setup = Setup(batch_size=config.batch_size, max_length=config.max_length, precision=config.precision,
                       gradient_checkpointing=config.gradient_checkpointing, head=model.head_kind, padded=True,
                       device=device.type, grad_accum=config.grad_accum, quantize=quantize,
-                      double_quant=getattr(config, "double_quant", True))
+                      double_quant=getattr(config, "double_quant", True), gpus=world_size(),
+                      shard=getattr(config, "shard", None) or "ddp")
         method = getattr(model, "peft_spec", None) or config.method_spec  # as built: a prompt's token ids filled in
         result = estimate(model.config, method, setup)
         lines = [(f"  minift.memory estimate: peak {result.peak / GIB:.2f} GiB ({result.peak_phase}), activations "
@@ -50,6 +53,7 @@ def estimator_lines(model: nn.Module, config, device: torch.device) -> list:
             lines.append(f"  largest batch that fits this GPU: {biggest}")
             if quantize is None:
                 lines += _qlora_line(model.config, method, setup, total)
+            lines += fsdp_line(model.config, method, setup, total)
         return lines
     except Exception:  # noqa: BLE001 - the estimate is a courtesy in an error message; never mask the OOM itself
         return []
@@ -66,6 +70,20 @@ def _qlora_line(model_config, method, setup, gpu_bytes: int) -> list:
     if not fits(qlora, gpu_bytes):
         return []
     return [f"  {flags} (a 4-bit frozen base, QLoRA) would fit: estimated peak {qlora.peak / GIB:.2f} GiB"]
+
+
+def fsdp_line(model_config, method, setup, gpu_bytes: int) -> list:
+    """A suggestion of ``--shard fsdp`` for a DDP run of several processes when its per-GPU estimate fits."""
+    from minift.memory.estimate import estimate, fits
+
+    if setup.gpus < 2 or setup.shard == "fsdp":
+        return []
+    sharded = estimate(model_config, method, replace(setup, shard="fsdp"))
+    if not fits(sharded, gpu_bytes):
+        return []
+    return [f"  --shard fsdp (weights, gradients and optimizer states split over the {setup.gpus} processes) would "
+            f"fit: estimated peak {sharded.peak / GIB:.2f} GiB per GPU (python -m minift.memory ... --gpus "
+            f"{setup.gpus} --shard fsdp)"]
 
 
 def out_of_memory_message(model: nn.Module, config, device: torch.device) -> str:
@@ -87,6 +105,6 @@ def out_of_memory_message(model: nn.Module, config, device: torch.device) -> str
         lines.append(f"  device: {total / GIB:.1f} GiB, peak allocated {peak / GIB:.2f} GiB")
     lines.append("  try: a smaller --batch-size with a larger --grad-accum (same global batch), --max-length, "
                  "--gradient-checkpointing true, --precision bf16, a PEFT --method (lora) instead of full, or a 4-bit "
-                 "base (--quantize nf4); "
+                 "base (--quantize nf4), under torchrun --shard fsdp; "
                  "`python -m minift.memory --model PATH` estimates every option")
     return "\n".join(lines)

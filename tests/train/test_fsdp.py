@@ -24,7 +24,10 @@ import torch
 from kit import cli_assets
 from safetensors.torch import load_file
 
+from minift.memory.estimate import Setup, estimate
 from minift.models import load_pretrained
+from minift.models.presets import resolve_model
+from minift.peft.config import Method
 from minift.train.__main__ import main
 from minift.train.checkpoint import find_checkpoint
 
@@ -99,6 +102,12 @@ def shard_bytes(folder: Path, processes: int) -> list:
     return per
 
 
+def estimated_bytes(assets, method: Method) -> int:
+    """``minift.memory``'s weights per GPU of 2 under --shard fsdp, for the tiny model and ``method``."""
+    setup = Setup(gpus=2, shard="fsdp", device="cpu", head="classification", max_length=32)
+    return estimate(resolve_model(str(assets[0]))[0], method, setup).weights
+
+
 def test_full_fsdp_matches_one_process(assets, tmp_path):
     """Full fine-tuning with --grad-accum 2 and gradient checkpointing: the 2-process FSDP run is the 1-process run;
     each process holds half the parameters; best/ is a whole single-process model folder."""
@@ -114,6 +123,7 @@ def test_full_fsdp_matches_one_process(assets, tmp_path):
     assert two["param_bytes_per_process"] == shard_bytes(tmp_path / "one" / "best", 2)
     assert sum(two["param_bytes_per_process"]) == one["param_bytes_per_process"][0]
     assert max(two["param_bytes_per_process"]) / one["param_bytes_per_process"][0] == pytest.approx(0.5, abs=0.01)
+    assert estimated_bytes(assets, Method("full")) == max(two["param_bytes_per_process"])  # the estimator's GPU 0
 
     # best/ was gathered whole by process 0: the same files a single process writes
     gathered = load_pretrained(tmp_path / "fsdp" / "best", head="classification").state_dict()
@@ -159,6 +169,7 @@ def test_lora_killed_then_resumed_by_two_or_one_process(assets, tmp_path, capsys
     assert_same_run(killed, tmp_path / "one")
     assert_same_run(alone, tmp_path / "one")
     assert summary(alone)["processes"] == 1 and summary(killed)["shard"] == "fsdp"
+    assert estimated_bytes(assets, Method.of("lora", dropout=0.0)) == max(summary(killed)["param_bytes_per_process"])
 
 
 def distance(a: Path, b: Path) -> float:
