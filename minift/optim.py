@@ -50,8 +50,13 @@ def build_optimizer(model: nn.Module, lr: float, weight_decay: float = 0.01, bet
     groups = param_groups(model, weight_decay)
     if not groups:
         raise ValueError("the model has no trainable parameters: check the method (full/lora/...) and its options")
-    # foreach=False: identical results on CPU whatever the tensor count, and no foreach temporaries.
-    return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps, foreach=False)
+    # The fused kernel (one pass over each tensor, on CPU and CUDA) steps MiniLM's 22.7M parameters in 25 ms where
+    # the per-parameter loop took 187 ms and foreach 157 ms (1 CPU thread, issue 13); transformers' Trainer uses it
+    # too. Sharded (FSDP DTensor) or other-device parameters take the foreach path.
+    params = [p for g in groups for p in g["params"]]
+    fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() and not hasattr(p, "device_mesh")
+                for p in params)
+    return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps, **({"fused": True} if fused else {}))
 
 
 def warmup_steps(warmup: float, total_steps: int) -> int:

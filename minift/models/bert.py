@@ -14,6 +14,7 @@ from torch import nn
 from minift.models.activations import activation
 from minift.models.attention import attention, build_mask
 from minift.models.config import ModelConfig
+from minift.models.dropout import Dropout
 from minift.models.errors import ConfigError
 from minift.models.heads import linear_head
 from minift.models.registry import Family, HeadSpec, MemorySpec
@@ -30,7 +31,7 @@ class BertEmbeddings(nn.Module):
         self.position_embeddings = nn.Embedding(config.max_position_embeddings, C)
         self.token_type_embeddings = nn.Embedding(max(config.type_vocab_size, 1), C)
         self.LayerNorm = nn.LayerNorm(C, eps=config.layer_norm_eps)
-        self.dropout = nn.Dropout(config.hidden_dropout)
+        self.dropout = Dropout(config.hidden_dropout)
 
     def position_ids(self, input_ids: torch.Tensor | None, T: int, device: torch.device) -> torch.Tensor:
         """``(1, T)`` or ``(B, T)`` position ids: 0..T-1 for BERT."""
@@ -79,7 +80,7 @@ class BertSelfOutput(nn.Module):
         super().__init__()
         self.dense = nn.Linear(config.hidden_size, config.hidden_size)
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.dropout = nn.Dropout(config.hidden_dropout)
+        self.dropout = Dropout(config.hidden_dropout)
 
     def forward(self, h: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
         """``(B, T, C)``, ``(B, T, C)`` → ``(B, T, C)``."""
@@ -118,7 +119,7 @@ class BertOutput(nn.Module):
         super().__init__()
         self.dense = nn.Linear(config.intermediate_size, config.hidden_size)
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.dropout = nn.Dropout(config.hidden_dropout)
+        self.dropout = Dropout(config.hidden_dropout)
 
     def forward(self, h: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
         return self.LayerNorm(self.dropout(self.dense(h)) + residual)

@@ -16,6 +16,7 @@ from minift.models.activations import activation
 from minift.models.attention import attention, build_mask
 from minift.models.cache import KVCache, LayerCache
 from minift.models.config import ModelConfig
+from minift.models.dropout import Dropout
 from minift.models.heads import linear_head, lm_head, score_head
 from minift.models.registry import Family, HeadSpec, KeyTransform, MemorySpec
 from minift.models.task_model import run_block
@@ -36,7 +37,7 @@ class GPT2Attention(nn.Module):
         self.c_attn = nn.Linear(C, 3 * C)
         self.c_proj = nn.Linear(C, C)
         self.attn_dropout = config.attention_dropout
-        self.resid_dropout = nn.Dropout(config.hidden_dropout)
+        self.resid_dropout = Dropout(config.hidden_dropout)
         raw = config.raw
         self.scale = self.head_dim**-0.5 if raw.get("scale_attn_weights", True) else 1.0
         if raw.get("scale_attn_by_inverse_layer_idx", False):
@@ -66,7 +67,7 @@ class GPT2MLP(nn.Module):
         self.c_fc = nn.Linear(config.hidden_size, config.intermediate_size)
         self.c_proj = nn.Linear(config.intermediate_size, config.hidden_size)
         self.act = activation(config.hidden_act)
-        self.dropout = nn.Dropout(config.hidden_dropout)
+        self.dropout = Dropout(config.hidden_dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, T, C) -> (B, T, C)."""
@@ -101,7 +102,7 @@ class GPT2Model(nn.Module):
         self.config = config
         self.wte = nn.Embedding(config.vocab_size, config.hidden_size)
         self.wpe = nn.Embedding(config.max_position_embeddings, config.hidden_size)
-        self.drop = nn.Dropout(config.embedding_dropout)
+        self.drop = Dropout(config.embedding_dropout)
         self.h = nn.ModuleList(GPT2Block(config, i) for i in range(config.num_layers))
         self.ln_f = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.gradient_checkpointing = False

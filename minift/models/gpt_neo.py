@@ -17,6 +17,7 @@ from torch import nn
 from minift.models.attention import attention, build_mask
 from minift.models.cache import KVCache, LayerCache
 from minift.models.config import ModelConfig
+from minift.models.dropout import Dropout
 from minift.models.gpt2 import GPT2MLP, embed_with_positions
 from minift.models.heads import linear_head, lm_head, score_head
 from minift.models.registry import Family, HeadSpec, MemorySpec
@@ -35,7 +36,7 @@ class GPTNeoSelfAttention(nn.Module):
         self.v_proj = nn.Linear(C, C, bias=False)
         self.out_proj = nn.Linear(C, C)
         self.attn_dropout = config.attention_dropout
-        self.resid_dropout = nn.Dropout(config.hidden_dropout)
+        self.resid_dropout = Dropout(config.hidden_dropout)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None, cache: LayerCache | None = None) -> torch.Tensor:
         """x: (B, T, C); mask: boolean (B, 1, T, S), (T, S) or None (plain causal), S = T or, with ``cache`` (the
@@ -97,7 +98,7 @@ class GPTNeoModel(nn.Module):
         self.window_size = config.window_size or 256
         self.wte = nn.Embedding(config.vocab_size, config.hidden_size)
         self.wpe = nn.Embedding(config.max_position_embeddings, config.hidden_size)
-        self.drop = nn.Dropout(config.embedding_dropout)
+        self.drop = Dropout(config.embedding_dropout)
         self.h = nn.ModuleList(GPTNeoBlock(config, kind) for kind in layers)
         self.ln_f = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.gradient_checkpointing = False

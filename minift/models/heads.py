@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from minift.models.config import ModelConfig
+from minift.models.dropout import Dropout
 
 
 class RobertaClassificationHead(nn.Module):
@@ -29,7 +30,7 @@ class RobertaClassificationHead(nn.Module):
     def __init__(self, hidden_size: int, num_labels: int, dropout: float):
         super().__init__()
         self.dense = nn.Linear(hidden_size, hidden_size)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.out_proj = nn.Linear(hidden_size, num_labels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -24,6 +24,7 @@ from torch.utils.checkpoint import checkpoint
 from minift.models import heads
 from minift.models.cache import KVCache
 from minift.models.config import ModelConfig
+from minift.models.dropout import Dropout
 from minift.models.registry import HEAD_KINDS, get_family
 
 
@@ -66,7 +67,7 @@ class TaskModel(nn.Module):
         if head is not None:
             self.add_module(self._head_key, head)
         use_dropout = self.head_spec is not None and self.head_spec.dropout
-        self.head_dropout = nn.Dropout(heads.head_dropout(config)) if use_dropout else nn.Identity()
+        self.head_dropout = Dropout(heads.head_dropout(config)) if use_dropout else nn.Identity()
         self.tie_weights()
 
     @property

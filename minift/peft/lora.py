@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from minift.models.dropout import Dropout
 from minift.quant.linear import NF4Linear
 from minift.quant.nf4 import BLOCK_SIZE, DOUBLE_BLOCK_SIZE
 
@@ -55,7 +56,7 @@ class LoRAPath:
         self.scaling = self.alpha / r
         self.lora_A = nn.Parameter(torch.empty(r, self.in_features, device=device, dtype=dtype))
         self.lora_B = nn.Parameter(torch.empty(self.out_features, r, device=device, dtype=dtype))
-        self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.lora_dropout = Dropout(dropout) if dropout > 0 else nn.Identity()
         self.reset_lora_parameters()
 
     def reset_lora_parameters(self) -> None:

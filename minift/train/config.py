@@ -17,7 +17,7 @@ from typing import Any
 
 from minift.peft.config import METHODS, AdapterConfig, LoRAConfig, Method, PromptConfig
 from minift.peft.flags import flag, unwrap
-from minift.precision import canonical
+from minift.precision import AUTO, resolve
 from minift.quant import QUANTIZE_FORMATS
 
 SCHEDULES = ("linear", "cosine", "constant")
@@ -93,7 +93,9 @@ class TrainConfig:
     schedule: str = "linear"  # linear | cosine | constant (after warmup)
     warmup: float = 0.06  # warmup: a value < 1 is a ratio of the total optimizer steps, ≥ 1 a number of steps
     clip: float = 1.0  # clip the global gradient norm to this (0 = no clipping)
-    precision: str = "fp32"  # fp32 | fp16 (autocast + GradScaler) | bf16 (autocast) | bf16-pure (bf16 weights)
+    precision: str = AUTO  # auto (bf16 where the device has fast bf16, else fp32; recorded resolved) | fp32 | fp16
+    # (autocast + GradScaler) | bf16 (autocast) | bf16-pure (bf16 weights)
+    compile: bool = False  # torch.compile each transformer block (after the PEFT method); compile time in the log
     gradient_checkpointing: bool = False  # recompute each transformer block in backward
     quantize: str | None = None  # nf4: store the frozen base's block linears in 4 bits (QLoRA), for a PEFT method
     double_quant: bool = True  # with --quantize nf4: quantise the block scales to 8 bits too (QLoRA §3)
@@ -130,13 +132,13 @@ class TrainConfig:
         if self.shard is not None:
             _check_choice("shard", self.shard, SHARDS)
         self._check_quantize()
-        try:
-            self.precision = canonical(self.precision)  # mixed-bf16 / mixed-fp16: aliases of bf16 / fp16
-        except ValueError as err:
-            raise TrainConfigError(str(err)) from None
         self._check_ranges()
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
             raise TrainConfigError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        try:  # auto → the device's precision, recorded resolved; mixed-bf16 / mixed-fp16: aliases of bf16 / fp16
+            self.precision = resolve(self.precision, self._device_type())
+        except ValueError as err:
+            raise TrainConfigError(str(err)) from None
         if not self.task.startswith("file:"):
             custom = [name for name, default in FILE_TASK_OPTIONS.items() if getattr(self, name) != default]
             if custom:
@@ -146,6 +148,13 @@ class TrainConfig:
         if self.seeds is not None and self.resume is not None:
             raise TrainConfigError("--seeds and --resume together: resume one seed's run folder "
                                    "(<output_dir>/seed-N) on its own")
+
+    def _device_type(self) -> str:
+        """cuda or cpu: where ``build.pick_device`` will put the run."""
+        import torch
+
+        cuda = self.device.startswith("cuda") or (self.device == "auto" and torch.cuda.is_available())
+        return "cuda" if cuda else "cpu"
 
     def _check_quantize(self) -> None:
         if self.quantize is None:

@@ -37,7 +37,7 @@ from minift.data.readers_file import FILE_KINDS
 from minift.peft.config import METHODS
 from minift.peft.flags import BOOL_FLAG, add_method_flags, field_comments, flag, unwrap, value_parser
 from minift.precision import ALIASES as PRECISION_ALIASES
-from minift.precision import PRECISIONS
+from minift.precision import AUTO, PRECISIONS
 from minift.train.config import (
     BEST_TIES,
     DEFAULT_LR,
@@ -54,7 +54,7 @@ from minift.train.config import (
     plain_fields,
 )
 
-CHOICES = {"method": METHODS, "schedule": SCHEDULES, "precision": (*PRECISIONS, *PRECISION_ALIASES),
+CHOICES = {"method": METHODS, "schedule": SCHEDULES, "precision": (AUTO, *PRECISIONS, *PRECISION_ALIASES),
            "task_kind": FILE_KINDS, "init": INITS, "save": SAVE_POLICIES, "best_tie": BEST_TIES, "shard": SHARDS}
 # Fields whose flag is not (only) their name, and fields read by their own parser: a prompt's \n is a newline, and an
 # empty label word is kept for minift.data to name (a plain list flag would drop it).

@@ -23,11 +23,12 @@ from dataclasses import asdict
 import torch
 
 from minift.optim import build_optimizer, build_scheduler
-from minift.precision import uses_grad_scaler
+from minift.precision import frozen_in_compute_dtype, uses_grad_scaler
 from minift.train import disk, distributed, runfolder
 from minift.train.batching import BatchPlan, eval_batches
 from minift.train.build import build, check_same_training_data, pick_device, seed_everything
 from minift.train.checkpoint import CheckpointLoadError, adopt, load_checkpoint, save_checkpoint
+from minift.train.compile import compile_blocks, compile_seconds
 from minift.train.config import TrainConfig
 from minift.train.dryrun import dry_run, param_counts
 from minift.train.evalspread import answers_spread, evaluate_spread
@@ -38,7 +39,7 @@ from minift.train.loopstate import LoopState, total_steps
 from minift.train.oom import out_of_memory_message
 from minift.train.step import WindowStats, backward_window, optimizer_step, optimizer_steps
 from minift.train.stops import TrainingStopped, interrupted_message, nan_message, stopped_outside_loop
-from minift.train.weights import load_weights, save_weights
+from minift.train.weights import load_weights, save_weights, saved_names
 
 
 class Recipe:
@@ -104,6 +105,10 @@ class Recipe:
         self.val_batches = eval_batches(self.data.val, self.data.collate, c.eval_batch_size)
         self.total_steps = total_steps(len(self.plan), c)
 
+        if self.shard != "fsdp":  # frozen weights in the autocast dtype once (FSDP's policy gathers them so itself)
+            frozen_in_compute_dtype(self.model, c.precision, skip=saved_names(self.model))
+        if c.compile:  # each block, after the PEFT method and before DDP / FSDP (compile.py)
+            compile_blocks(self.model, device=self.device)
         # DDP, FSDP (self.model sharded in place: the optimizer then holds the shards) or the model itself
         self.trained = distributed.wrap(self.model, self.device, self.shard, c.precision)
         self.param_bytes = distributed.gather_objects(local_param_bytes(self.model))  # per process
@@ -241,7 +246,8 @@ class Recipe:
         self.log({"type": "train", "step": self.state.step, "epoch": self.state.epoch,
                   "total_steps": self.total_steps, "loss": loss, "lr": self.scheduler.get_last_lr()[0],
                   "samples_per_s": examples * world / elapsed, "tokens_per_s": tokens * world / elapsed,
-                  "skipped_steps": self.state.skipped_steps})
+                  "skipped_steps": self.state.skipped_steps,
+                  **({"compile_s": round(compile_seconds(), 2)} if self.config.compile else {})})
         self.last_log = time.perf_counter()
 
     def log(self, record: dict) -> None:
@@ -346,7 +352,8 @@ class Recipe:
                 "skipped_steps": state.skipped_steps, "stopped": state.stopped or "completed",
                 "train_examples": len(self.data.train), "test_examples": len(self.data.test),
                 **param_counts(model), "init": c.init, "best_tie": c.best_tie, "save": c.save,
-                "processes": distributed.world_size(), "shard": self.shard,
+                "processes": distributed.world_size(), "shard": self.shard, "precision": c.precision,
+                "compile_s": round(compile_seconds(), 2) if c.compile else None,
                 "param_bytes_per_process": self.param_bytes, "output_dir": str(self.out)}
 
 
