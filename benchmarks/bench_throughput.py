@@ -52,10 +52,6 @@ def run_config(args, method: str, precision: str, out: str):
                        output_dir=out, overwrite=True, device=args.device, compile=args.compile)
 
 
-def padded_tokens(batches: list, lengths: list) -> int:
-    return sum(len(b) * max(lengths[i] for i in b) for b in batches)
-
-
 def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
@@ -77,8 +73,9 @@ def minift_epoch(args, method: str, precision: str) -> dict:
     examples = sum(len(b) for b in batches)
     return {"seconds": seconds, "steps": state.step, "examples": examples,
             "real_tokens": sum(lengths[i] for b in batches for i in b),
-            "padded_tokens": padded_tokens(batches, lengths), "accuracy": summary.get("accuracy"),
-            "precision": recipe.config.precision, "compile_s": summary.get("compile_s")}
+            "padded_tokens": sum(len(b) * max(lengths[i] for i in b) for b in batches),
+            "accuracy": summary.get("accuracy"), "precision": recipe.config.precision,
+            "compile_s": summary.get("compile_s")}
 
 
 def hf_model(args, method: str, config, num_labels: int, path: str):
@@ -141,8 +138,7 @@ def hf_trainer(args, method: str, precision: str, out: str, max_steps: int | Non
 class _PadOnly:
     """What DataCollatorWithPadding needs of a tokenizer: right padding of already encoded ids."""
 
-    padding_side = "right"
-    model_input_names = ["input_ids", "attention_mask"]
+    padding_side, model_input_names = "right", ["input_ids", "attention_mask"]
 
     def __init__(self, pad_id: int):
         self.pad_token_id = pad_id
@@ -363,8 +359,8 @@ def parse(argv=None):
     p.add_argument("--in-process", action="store_true", help="no subprocess per case (peak RSS then shared)")
     p.add_argument("--json", default=None, help="write all results to this JSON file")
     p.add_argument("--append", action="store_true", help="append a section to benchmarks/RESULTS.md")
-    p.add_argument("--case", default=None, help=argparse.SUPPRESS)
-    p.add_argument("--case-out", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--case", help=argparse.SUPPRESS)
+    p.add_argument("--case-out", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.quick:
         args.max_steps, args.repeats, args.warmup_steps, args.in_process = args.max_steps or 3, 2, 1, True

@@ -149,16 +149,20 @@ def attention_with_dropout(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ma
                            causal: bool, dropout_p: float, scale: float | None = None) -> torch.Tensor:
     """``dropout(softmax(q k^T · scale + mask)) v`` as SDPA's math path computes it, with
     ``minift.models.dropout``'s masks. Shapes as :func:`attention` (``k``/``v`` already repeated to ``nh`` heads)."""
-    T, S = q.shape[2], k.shape[2]
+    T, S, dtype = q.shape[2], k.shape[2], q.dtype
     scale = q.shape[-1] ** -0.5 if scale is None else scale
-    scores = torch.matmul(q * scale, k.transpose(-2, -1))  # (B, nh, T, S)
-    if mask is None and causal and T > 1:
-        mask = causal_mask(T, q.device, past=S - T)  # (T, S)
-    if mask is not None:
-        # a row with no key at all would be NaN: let it attend everywhere (as attention does; it is padding)
-        mask = mask | ~mask.any(dim=-1, keepdim=True)
-        # an additive 0 / -inf bias broadcasts 5x faster on the CPU than masked_fill_ with a broadcast mask
-        bias = torch.zeros(mask.shape, dtype=scores.dtype, device=q.device).masked_fill_(~mask, -math.inf)
-        scores = scores.add_(bias)
-    probs = dropout(torch.softmax(scores, dim=-1), dropout_p)  # (B, nh, T, S)
-    return torch.matmul(probs.to(v.dtype), v)  # (B, nh, T, hs)
+    # In fp32, as SDPA's math path computes bf16 / fp16 inputs on the CPU (autocast would cast them back down)
+    compute = torch.promote_types(dtype, torch.float32)  # bf16 / fp16 → fp32; fp32 and fp64 stay
+    with torch.autocast(q.device.type, enabled=False):
+        q, k, v = q.to(compute), k.to(compute), v.to(compute)
+        scores = torch.matmul(q * scale, k.transpose(-2, -1))  # (B, nh, T, S)
+        if mask is None and causal and T > 1:
+            mask = causal_mask(T, q.device, past=S - T)  # (T, S)
+        if mask is not None:
+            # a row with no key at all would be NaN: let it attend everywhere (as attention does; it is padding)
+            mask = mask | ~mask.any(dim=-1, keepdim=True)
+            # an additive 0 / -inf bias broadcasts 5x faster on the CPU than masked_fill_ with a broadcast mask
+            bias = torch.zeros(mask.shape, dtype=scores.dtype, device=q.device).masked_fill_(~mask, -math.inf)
+            scores = scores.add_(bias)
+        probs = dropout(torch.softmax(scores, dim=-1), dropout_p)  # (B, nh, T, S)
+        return torch.matmul(probs, v).to(dtype)  # (B, nh, T, hs)

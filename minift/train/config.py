@@ -93,8 +93,7 @@ class TrainConfig:
     schedule: str = "linear"  # linear | cosine | constant (after warmup)
     warmup: float = 0.06  # warmup: a value < 1 is a ratio of the total optimizer steps, ≥ 1 a number of steps
     clip: float = 1.0  # clip the global gradient norm to this (0 = no clipping)
-    precision: str = AUTO  # auto (bf16 where the device has fast bf16, else fp32; recorded resolved) | fp32 | fp16
-    # (autocast + GradScaler) | bf16 (autocast) | bf16-pure (bf16 weights)
+    precision: str = AUTO  # auto (bf16 if the device has fast bf16, else fp32) | fp32 | fp16 | bf16 | bf16-pure
     compile: bool = False  # torch.compile each transformer block (after the PEFT method); compile time in the log
     gradient_checkpointing: bool = False  # recompute each transformer block in backward
     quantize: str | None = None  # nf4: store the frozen base's block linears in 4 bits (QLoRA), for a PEFT method

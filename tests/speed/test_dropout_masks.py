@@ -109,3 +109,17 @@ def test_attention_dropout_drops_the_probabilities():
     keep, scale = keep_mask(probs.shape, 0.25)
     torch.testing.assert_close(got, (probs * keep * scale) @ v)
     assert not torch.allclose(got, F.scaled_dot_product_attention(q, k, v))
+
+
+def test_attention_math_path_in_bf16_is_sdpa_on_the_cpu():
+    """bf16 inputs (under autocast too) are computed in fp32 and rounded once, as SDPA's CPU math path does."""
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 4, 7, 8, dtype=torch.bfloat16) for _ in range(3))
+    am = torch.ones(2, 7, dtype=torch.long)
+    am[1, 5:] = 0
+    mask = build_mask(am, 7)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = attention_with_dropout(q, k, v, mask, False, 0.0)
+        want = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    assert got.dtype == want.dtype == torch.bfloat16
+    torch.testing.assert_close(got, want, atol=2 ** -6, rtol=2 ** -7)  # one bf16 rounding apart at most
