@@ -7,7 +7,9 @@
 - ``bf16-pure``: bf16 weights, gradients and optimizer states, no autocast.
 - ``auto`` (``minift.train``'s default): ``bf16`` where bf16 matrix products are fast — a CUDA device that supports
   bf16, a CPU with AMX or AVX-512-BF16 — and ``fp32`` otherwise. ``resolve(name, device)`` turns it into one of the
-  names above; a run records the resolved name (config.yaml, summary.json), so ``--resume`` keeps it.
+  names above; a run records the resolved name (config.yaml, summary.json), so ``--resume`` keeps it. The
+  environment variable ``MINIFT_CPU_BF16=0`` (or ``1``) overrides what is detected about the CPU (the test suite
+  sets 0, so that its runs are fp32 on any CPU).
 
 Earlier spellings of ``minift.memory`` are read as aliases for one release: ``mixed-bf16`` → ``bf16``,
 ``mixed-fp16`` → ``fp16``. (``minift.memory --precision bf16`` used to mean pure bf16; it now means autocast, as
@@ -15,6 +17,7 @@ in ``minift.train``; pure bf16 is ``bf16-pure`` in both.)
 """
 from __future__ import annotations
 
+import os
 from collections.abc import Collection
 from contextlib import nullcontext
 from functools import cache
@@ -28,6 +31,7 @@ AUTO = "auto"
 # the /proc/cpuinfo flags of CPUs whose bf16 matrix products beat fp32 (AMX tiles, AVX-512 BF16 dot products)
 CPU_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
 CPUINFO = Path("/proc/cpuinfo")
+CPU_BF16_ENV = "MINIFT_CPU_BF16"  # "0" / "1": what auto takes the CPU to be, whatever is detected
 
 
 def canonical(name: str) -> str:
@@ -91,6 +95,9 @@ def resolve(name: str, device: torch.device | str) -> str:
     if kind == "cuda":
         return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
     if kind == "cpu":
+        forced = os.environ.get(CPU_BF16_ENV, "").strip()
+        if forced in ("0", "1"):
+            return "bf16" if forced == "1" else "fp32"
         return "bf16" if cpu_has_fast_bf16() else "fp32"
     return "fp32"
 

@@ -14,6 +14,9 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
+# --precision auto (minift.train's default) is fp32 in every test on any CPU, the commands the tests start included
+# (they inherit the environment); tests of auto itself set the variable they need (tests/speed).
+os.environ["MINIFT_CPU_BF16"] = "0"
 
 
 @pytest.fixture(autouse=True)

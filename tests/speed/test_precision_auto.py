@@ -16,9 +16,19 @@ from minift.precision import AUTO, cpu_has_fast_bf16, frozen_in_compute_dtype, r
 @pytest.fixture
 def fast_bf16(monkeypatch):
     """``fast_bf16(flag)``: pretend this CPU has (or lacks) fast bf16 matrix units."""
+    monkeypatch.delenv(precision.CPU_BF16_ENV, raising=False)  # conftest sets it for every other test
+
     def set_to(flag: bool):
         monkeypatch.setattr(precision, "cpu_has_fast_bf16", lambda: flag)
     return set_to
+
+
+def test_the_environment_overrides_the_cpu_check(fast_bf16, monkeypatch):
+    for detected in (True, False):
+        fast_bf16(detected)
+        for forced, expected in (("1", "bf16"), ("0", "fp32"), ("", "bf16" if detected else "fp32")):
+            monkeypatch.setenv(precision.CPU_BF16_ENV, forced)
+            assert resolve(AUTO, "cpu") == expected
 
 
 def test_auto_follows_the_device(fast_bf16, monkeypatch):
