@@ -11,7 +11,8 @@ Examples::
     python -m minift.memory --model bert-base --max-length 128 --device cpu --profile   # measure on the CPU
 
 The flags are ``python -m minift.train``'s: the same names and meanings (``--precision bf16`` is fp32 weights
-with bf16 autocast, ``bf16-pure`` bf16 weights), and the method options generated from ``minift.peft.config``.
+with bf16 autocast, ``bf16-pure`` bf16 weights, ``auto`` the default: what ``minift.train`` picks on ``--device``,
+a bf16-capable GPU assumed for cuda), and the method options generated from ``minift.peft.config``.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ import re
 import sys
 import traceback
 
+import torch
 from rich.console import Console
 
 from minift.memory.estimate import ATTENTIONS, OPTIMIZERS, Estimate, Setup, estimate, largest_batch, usable
@@ -33,7 +35,7 @@ from minift.models.presets import PRESETS, resolve_model, shape_for_params
 from minift.models.registry import HEAD_KINDS
 from minift.peft.config import METHODS, Method
 from minift.peft.flags import BOOL_FLAG, add_method_flags, method_from_flags
-from minift.precision import ALIASES, PRECISIONS
+from minift.precision import ALIASES, AUTO, PRECISIONS, resolve
 from minift.quant import QUANTIZE_FORMATS
 
 _SIZE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*(gib|gb|g|mib|mb|m)?\s*$", re.IGNORECASE)
@@ -68,8 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_method_flags(p.add_argument_group("method options (as minift.train's; each applies to its method)"))
     p.add_argument("--train-head", default=None, **BOOL_FLAG,
                    help="whether the task head trains (default: classification/regression/token heads do)")
-    p.add_argument("--precision", choices=(*PRECISIONS, *ALIASES), default="fp32",
-                   help="fp32; fp16 / bf16 = fp32 weights + autocast; bf16-pure = bf16 weights "
+    p.add_argument("--precision", choices=(AUTO, *PRECISIONS, *ALIASES), default=AUTO,
+                   help="auto (default, as minift.train's): bf16 where the --device has fast bf16, else fp32 — for "
+                        "cuda it assumes a bf16-capable GPU (Ampere or newer; a GPU here decides for itself), for cpu "
+                        "this CPU decides; fp32; fp16 / bf16 = fp32 weights + autocast; bf16-pure = bf16 weights "
                         f"({aliases}: {OLD_SPELLING})")
     p.add_argument("--batch-size", type=int, default=1, help="sequences per micro-batch")
     p.add_argument("--max-length", "--seq-len", dest="max_length", type=int, default=512,
@@ -105,8 +109,17 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def resolve_precision(name: str, device: str) -> str:
+    """``--precision`` as a run on ``device`` resolves it (``minift.precision.resolve``); ``auto`` for cuda with no
+    CUDA device here is ``bf16``: the estimate is for a bf16-capable GPU (what most users fine-tune on)."""
+    if name == AUTO and device == "cuda" and not torch.cuda.is_available():
+        return "bf16"
+    return resolve(name, device)
+
+
 def _setup(args: argparse.Namespace) -> Setup:
-    return Setup(batch_size=args.batch_size, max_length=args.max_length, precision=args.precision,
+    precision = resolve_precision(args.precision, args.device)
+    return Setup(batch_size=args.batch_size, max_length=args.max_length, precision=precision,
                  optimizer=args.optimizer, gradient_checkpointing=args.gradient_checkpointing,
                  attention=args.attention, head=None if args.head == "none" else args.head, padded=args.padded,
                  device=args.device, grad_accum=args.grad_accum, quantize=args.quantize,

@@ -14,12 +14,17 @@ with dropout: attention 11·sbh + 5·as²b, MLP 19·sbh, norms 4·sbh. With fuse
 the family differences show up as: post-LN encoders keep the residual sums, SwiGLU keeps four (B, T, F)
 tensors instead of two and RMSNorm keeps an fp32 copy, GQA keys/values are repeated to all heads before SDPA
 (so they are kept at full head count), and frozen linears keep no input.
+
+Autocast's weight copies (``Activations.weight_copies``): a linear whose input needs a gradient keeps the bf16/fp16
+copy of its weight that autocast made, except where ``minift.train`` stores the frozen weight in the autocast dtype
+already (``frozen_cast``: ``Linear.weight_cast``, read off the meta model): autocast then uses the weight itself.
+The trainable weights (full fine-tuning, LoRA's A and B, adapters) and a tied LM head keep their copies.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from minift.memory.params import ModelFacts, model_facts
+from minift.memory.params import Linear, ModelFacts, model_facts
 from minift.memory.tracer import FP32, INT64, Sym, Tape
 from minift.models.config import ModelConfig
 from minift.models.heads import head_dropout
@@ -76,8 +81,10 @@ def memory_spec(config: ModelConfig) -> MemorySpec:
 class _Ctx:
     """What the replay needs: the tape, the config, the family's spec, the model's facts and the batch geometry."""
 
-    def __init__(self, tape: Tape, config: ModelConfig, facts: ModelFacts, B: int, T: int, head: str | None):
+    def __init__(self, tape: Tape, config: ModelConfig, facts: ModelFacts, B: int, T: int, head: str | None,
+                 frozen_cast: bool = True):
         self.tape, self.c, self.facts, self.B, self.T, self.head = tape, config, facts, B, T, head
+        self.frozen_cast = frozen_cast  # frozen linear weights stored in the autocast dtype (no copies of them)
         self.family = get_family(config.model_type)
         self.spec = memory_spec(config)
         self.sites = self.family.adapter_sites  # the sub-layers' output projections
@@ -86,7 +93,7 @@ class _Ctx:
         """The linear ``name`` with whatever PEFT module the method swapped in (``LoRALinear`` / ``AdapterLinear``,
         or their 4-bit ``LoRANF4Linear`` / ``AdapterNF4Linear``)."""
         tape, lin = self.tape, self.facts.linears[name]
-        copied = "" if lin.quantized else name  # a 4-bit weight is dequantised per matmul: autocast copies none
+        copied = "" if self.copies_nothing(lin) else name
         y = tape.linear(x, lin.in_f, lin.out_f, lin.weight_trains, lin.bias_trains, weight=copied)
         if lin.lora_r:
             h = tape.linear(tape.dropout(x, lin.lora_dropout), lin.in_f, lin.lora_r, True, weight=name + ".lora_A")
@@ -97,6 +104,11 @@ class _Ctx:
             a = tape.act(tape.linear(y, lin.out_f, m, True, True, weight=name + ".down"), lin.adapter_activation)
             y = tape.add(y, tape.linear(a, m, lin.out_f, True, True, weight=name + ".up"))  # residual
         return y
+
+    def copies_nothing(self, lin: Linear) -> bool:
+        """Autocast makes no copy of ``lin``'s weight: it is 4-bit (dequantised per matmul) or minift.train stores
+        it frozen in the autocast dtype already."""
+        return lin.quantized or (self.frozen_cast and lin.weight_cast)
 
     def norm(self, x: Sym) -> Sym:
         w_rg, b_rg = self.facts.norm_trains
@@ -200,8 +212,10 @@ def _lm_head(ctx: _Ctx, x: Sym) -> tuple[int, int]:
     """Logits over the vocabulary (a causal-LM head, or a bare decoder's tied projection) and the LM loss."""
     tape, c, B, V = ctx.tape, ctx.c, ctx.B, ctx.c.vocab_size
     facts = ctx.facts
-    w_rg = facts.linears[facts.head].weight_trains if facts.head else facts.embedding_trains
-    logits = tape.linear(x, c.hidden_size, V, w_rg, weight="lm_head")  # (B, T, V)
+    lin = facts.linears[facts.head] if facts.head else None  # None: a bare decoder's tied projection
+    w_rg = lin.weight_trains if lin else facts.embedding_trains
+    copied = "" if lin and ctx.copies_nothing(lin) else "lm_head"
+    logits = tape.linear(x, c.hidden_size, V, w_rg, weight=copied)  # (B, T, V)
     tape.group = "logits"
     if facts.prompt_length:  # PromptModel drops the virtual positions: a (B, T0, V) copy
         logits = tape.new(B * (ctx.T - facts.prompt_length) * V, logits.itemsize, logits.rg)
@@ -265,7 +279,7 @@ def _head(ctx: _Ctx, x: Sym, padded: bool) -> tuple[int, int]:
 def trace_activations(config: ModelConfig, method: Method, batch: Batch, head: str | None = None, *,
                       device: str = "cuda", autocast: bool = False, param_itemsize: int = FP32,
                       attention: str = "sdpa", grad_checkpointing: bool = False,
-                      quantize: NF4Config | None = None) -> Activations:
+                      quantize: NF4Config | None = None, frozen_cast: bool = True) -> Activations:
     """Bytes autograd keeps for backward in one training forward of ``config`` (+ the loss).
 
     Args:
@@ -280,6 +294,9 @@ def trace_activations(config: ModelConfig, method: Method, batch: Batch, head: s
         grad_checkpointing: blocks keep only their inputs; one block is recomputed at a time in backward.
         quantize: the block linears are 4-bit (``minift.quant.NF4Config``): they keep nothing for backward, as a
             frozen linear, and autocast makes no copy of their weights.
+        frozen_cast: under autocast, the frozen linear weights ``minift.train`` stores in the autocast dtype
+            (``minift.precision.frozen_in_compute_dtype``; one process or DDP) get no autocast copy; False: every
+            weight is fp32 and copied, as an uncast model (FSDP's gathered units copy nothing either way).
 
     Returns:
         ``Activations`` (bytes).
@@ -289,7 +306,7 @@ def trace_activations(config: ModelConfig, method: Method, batch: Batch, head: s
     B, T0 = batch.batch_size, batch.seq_len
     T = T0 + facts.prompt_length
     tape = Tape(device=device, autocast=autocast, attention=attention, param_itemsize=param_itemsize)
-    ctx = _Ctx(tape, config, facts, B, T, head)
+    ctx = _Ctx(tape, config, facts, B, T, head, frozen_cast)
     x = _embeddings(ctx, T0)
     embeddings = tape.total("embeddings")
     rope = None

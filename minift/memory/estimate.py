@@ -2,7 +2,11 @@
 
 Terms (bytes), for a model of P parameters of which P_t train:
 
-- weights: P × 4 (fp32 and mixed precision: the fp32 weights are the master copy) or P × 2 (pure bf16); with a
+- weights: P × 4 (fp32 and mixed precision: the fp32 weights are the master copy) or P × 2 (pure bf16); under
+  autocast (``--precision bf16`` / ``fp16``, one process or DDP) the frozen weights and biases of ``nn.Linear``
+  layers take 2 bytes: ``minift.train`` stores them once in the autocast dtype
+  (``minift.precision.frozen_in_compute_dtype``; not those a run saves, nor a tied embedding / LM head, nor the
+  trainable ones, which keep their fp32 master copy; ``params.py`` reads which off the meta model); with a
   4-bit base (``--quantize nf4``, QLoRA) the block linears' weights are their NF4 codes and block scales instead
   (0.5 + 1/64 + 4/16384 bytes per weight with double quantisation, ``minift.quant.nf4_bytes``), the rest as above;
 - dequantised layer (4-bit base only): one block linear's weight dequantised to the compute dtype, alive for one
@@ -18,7 +22,9 @@ Terms (bytes), for a model of P parameters of which P_t train:
 - activations: what autograd keeps for backward, from the symbolic tape in ``activations.py``;
 - logits buffers: the (B, T, V) logits the loop holds, plus the fp32 copies the loss makes and the two (N, V)
   fp32 gradient buffers at the start of backward — large for 128k-token vocabularies;
-- autocast copies: the bf16/fp16 copies of weights that autocast makes and autograd keeps for backward;
+- autocast copies: the bf16/fp16 copies of weights that autocast makes and autograd keeps for backward: of the
+  trainable linears' weights (full fine-tuning, LoRA's A and B, adapters) and of a tied LM head — the frozen
+  linears' weights are in the autocast dtype already, autocast uses them as they are;
 - per GPU under ``torchrun`` (``Setup(gpus=N, shard=...)``, ``sharding.py``): DDP adds its gradient buckets (one
   more copy of the gradients); FSDP divides weights, gradients and optimizer states by N (GPU 0's ``torch.chunk``
   share; a 4-bit base stays whole) and adds the all-gathered units (the root and two blocks, one block's whole
@@ -242,9 +248,11 @@ def estimate(config: ModelConfig, method: Method | None = None, setup: Setup | N
     act = trace_activations(config, method, Batch(setup.batch_size, setup.max_length, setup.padded), head,
                             device=setup.device, autocast=setup.autocast, param_itemsize=item,
                             attention=setup.attention, grad_checkpointing=setup.gradient_checkpointing,
-                            quantize=setup.nf4)
+                            quantize=setup.nf4, frozen_cast=not setup.fsdp)
     trainable, largest_trainable = counts.trainable, facts.largest_trainable
     weights = (counts.total - counts.quantized) * item + facts.quantized_bytes
+    if setup.autocast:  # frozen linear weights stored in the autocast dtype (minift.train; not under FSDP)
+        weights -= facts.compute_dtype_elements * (item - autocast_dtype(setup.precision).itemsize)
     units = fsdp_units(meta_model(config, head, method, setup.nf4), setup.gpus) if setup.fsdp else None
     if units is not None:  # GPU 0's shares of the parameters (a 4-bit base's codes are buffers: whole)
         weights = units.shard * item + facts.quantized_bytes

@@ -6,13 +6,17 @@
 ``minift.peft.apply`` as a run does, and walks the module tree (nanoGPT's ``get_num_params``): the parameter
 counts (a tied embedding once), what trains, the largest trainable tensor, each block's and the head's trainable
 elements, every linear with its shape, bias, the LoRA or adapter around it, which of its parameters train and
-whether its weight is 4-bit, and the bytes of the NF4 codes and scales (``nbytes`` of the buffers). Nothing
+whether its weight is 4-bit, and the bytes of the NF4 codes and scales (``nbytes`` of the buffers). Which frozen
+linear weights and biases ``minift.train`` stores in the autocast dtype under ``--precision bf16 / fp16`` is read
+the same way: ``minift.precision.frozen_in_compute_dtype`` runs on a copy of the meta model, skipping what the run
+saves (``saved_names``), as the recipe calls it (a checkpoint is taken to have every key: ``fresh_keys`` empty). Nothing
 here restates a family, a head or a PEFT module: what ``minift.models`` and ``minift.peft`` build is what is
 counted. The model and its facts are cached per (config, head, method, quantization): ``largest_batch`` asks many
 times.
 """
 from __future__ import annotations
 
+import copy
 from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 
@@ -23,11 +27,13 @@ from minift.models.config import ModelConfig
 from minift.models.load import build_model
 from minift.models.registry import get_family
 from minift.peft.adapter import AdapterPath
-from minift.peft.apply import apply, peft_modules
+from minift.peft.apply import apply, find_peft_spec, peft_modules, trainable_parameters
 from minift.peft.bitfit import bias_params
 from minift.peft.config import Method, PromptConfig
+from minift.peft.io import frozen_to_save
 from minift.peft.lora import LoRAPath
 from minift.peft.prompt import PromptModel
+from minift.precision import frozen_in_compute_dtype
 from minift.quant import NF4Config, NF4Linear, quantize_model
 
 
@@ -57,6 +63,7 @@ class Linear:
     adapter_size: int = 0  # bottleneck width of an AdapterLinear (0: no adapter)
     adapter_activation: str = "relu"
     quantized: bool = False  # the weight is stored in NF4 (frozen; dequantised for each matmul)
+    weight_cast: bool = False  # frozen weight minift.train stores in the autocast dtype (autocast copies nothing)
 
 
 @dataclass(frozen=True)
@@ -78,6 +85,7 @@ class ModelFacts:
     has_biases: bool  # the backbone has bias parameters (what BitFit trains)
     quantized_bytes: int = 0  # bytes of the NF4 layers' codes and scales
     largest_quantized: int = 0  # elements of the largest NF4 weight (one is dequantised at a time)
+    compute_dtype_elements: int = 0  # frozen linear weights + biases stored in the autocast dtype (bf16 / fp16)
     lengths: dict[int, str] = field(default_factory=dict, compare=False)  # sequence length → "" (runs) or why not
 
 
@@ -107,7 +115,7 @@ def _cached(config: ModelConfig, head: str | None, method: Method,
     key = (repr(config), head, repr(method), repr(quantize))
     if key not in _CACHE:
         model = build_meta_model(config, head, method, quantize)
-        _CACHE[key] = (model, _facts(model))
+        _CACHE[key] = (model, _facts(model, _cast_in_compute_dtype(model)))
         while len(_CACHE) > _CACHE_SIZE:
             _CACHE.popitem(last=False)
     _CACHE.move_to_end(key)
@@ -144,7 +152,29 @@ def _countable(method: Method) -> Method:
     return method
 
 
-def _facts(model: nn.Module) -> ModelFacts:
+def saved_names(model: nn.Module) -> list[str]:
+    """The parameters a run saves, which ``frozen_in_compute_dtype`` leaves as they are: every parameter without a
+    PEFT method, else the trainable ones and the frozen ones ``save_trainable`` writes (a task head's). The same
+    rule as ``minift.train.weights.saved_names`` (which the estimator may not import; a test holds them equal)."""
+    if find_peft_spec(model) is None:
+        return [name for name, _ in model.named_parameters()]
+    return [*trainable_parameters(model), *frozen_to_save(model, fresh_keys=getattr(model, "fresh_keys", ()))]
+
+
+def _cast_in_compute_dtype(model: nn.Module) -> tuple[set[str], int]:
+    """What ``minift.train`` stores in the autocast dtype under ``--precision bf16`` (or fp16) on one process or
+    under DDP: ``frozen_in_compute_dtype`` run on a copy of the meta model (shapes only) with the saved parameters
+    skipped, as the recipe does. Returns the names (in the base model) of the linears whose weight it cast and the
+    elements it cast (weights and biases, a tied tensor once)."""
+    twin = copy.deepcopy(model)
+    frozen_in_compute_dtype(twin, "bf16", skip=saved_names(twin))
+    base = twin.model if isinstance(twin, PromptModel) else twin
+    linears = {name for name, m in base.named_modules()
+               if isinstance(m, nn.Linear) and m.weight.dtype == torch.bfloat16}
+    return linears, sum(p.numel() for p in twin.parameters() if p.dtype == torch.bfloat16)
+
+
+def _facts(model: nn.Module, cast: tuple[set[str], int] = (set(), 0)) -> ModelFacts:
     base = model.model if isinstance(model, PromptModel) else model
     names = {id(m): name for name, m in base.named_modules()}
     params = list(model.parameters())  # each tensor once: a tied lm_head is the embedding
@@ -161,7 +191,7 @@ def _facts(model: nn.Module) -> ModelFacts:
         largest_trainable=max((p.numel() for p in trainable), default=0),
         block_trainable=tuple(sum(p.numel() for p in b.parameters() if p.requires_grad) for b in base.blocks),
         head_trainable=sum(p.numel() for p in head_params if p.requires_grad),
-        linears=_linears(base),
+        linears=_linears(base, cast[0]),
         blocks=tuple(names[id(b)] for b in base.blocks),
         pooler=names[id(pooler)] if pooler is not None else None,
         head=names[id(base.head)] if base.head is not None else None,
@@ -172,12 +202,14 @@ def _facts(model: nn.Module) -> ModelFacts:
         has_biases=bool(bias_params(base.backbone)),
         quantized_bytes=sum(b.numel() * b.element_size() for m in nf4 for b in m.buffers()),
         largest_quantized=max((m.in_features * m.out_features for m in nf4), default=0),
+        compute_dtype_elements=cast[1],
     )
 
 
-def _linears(model: nn.Module) -> dict[str, Linear]:
+def _linears(model: nn.Module, cast: set[str] = frozenset()) -> dict[str, Linear]:
     """Every ``nn.Linear`` / ``NF4Linear`` of ``model`` by qualified name; a LoRA / adapter layer is one entry with
-    its PEFT settings (the adapter's own down / up linears are part of it, not entries)."""
+    its PEFT settings (the adapter's own down / up linears are part of it, not entries); ``cast``: the linears
+    whose frozen weight a run stores in the autocast dtype."""
     inside = tuple(name + "." for name in peft_modules(model))
     out = {}
     for name, m in model.named_modules():
@@ -185,7 +217,7 @@ def _linears(model: nn.Module) -> dict[str, Linear]:
             continue
         bias = m.bias is not None
         quantized = isinstance(m, NF4Linear)
-        extra = {"quantized": quantized}
+        extra = {"quantized": quantized, "weight_cast": name in cast}
         if isinstance(m, LoRAPath):
             dropout = m.lora_dropout.p if isinstance(m.lora_dropout, nn.Dropout) else 0.0
             extra |= {"lora_r": m.r, "lora_dropout": dropout}

@@ -16,10 +16,10 @@ from dataclasses import dataclass
 import torch
 
 from minift.memory.estimate import Estimate, Setup, estimate
-from minift.memory.params import build_meta_model
+from minift.memory.params import build_meta_model, saved_names
 from minift.models.config import ModelConfig
 from minift.peft.config import Method
-from minift.precision import autocast, param_dtype, uses_grad_scaler
+from minift.precision import autocast, frozen_in_compute_dtype, param_dtype, uses_grad_scaler
 from minift.quant import NF4Config, compute_dtype_for, nf4_layers
 
 PHASES = ("weights loaded", "after forward", "peak in forward", "peak in backward", "peak in optimizer step",
@@ -49,11 +49,14 @@ def _require_cuda() -> torch.device:
 
 
 def build_random_model(config: ModelConfig, method: Method, head: str | None, device: torch.device,
-                       dtype: torch.dtype, quantize: NF4Config | None = None) -> torch.nn.Module:
+                       dtype: torch.dtype, quantize: NF4Config | None = None,
+                       precision: str | None = None) -> torch.nn.Module:
     """A minift ``TaskModel`` of ``config`` with random weights on ``device``, ``method`` applied: the very model
     the estimate counted (``params.build_meta_model``), materialised. A 4-bit base (``quantize``) gets N(0, 0.02²)
     weights quantised layer by layer on ``device`` (one fp32 weight alive at a time) and the compute dtype a run
-    on ``device`` uses (``minift.quant.compute_dtype_for``)."""
+    on ``device`` uses (``minift.quant.compute_dtype_for``). With ``precision`` (a run on one process), the frozen
+    linear weights are then stored in its autocast dtype as ``minift.train``'s recipe does
+    (``minift.precision.frozen_in_compute_dtype``, the saved parameters skipped)."""
     model = build_meta_model(config, head, method, quantize)
     model = model.to_empty(device=device).to(dtype)
     model.tie_weights()  # a PromptModel passes it to the model it wraps
@@ -66,6 +69,8 @@ def build_random_model(config: ModelConfig, method: Method, head: str | None, de
     for layer in nf4_layers(model).values():
         layer.init_normal_(0.02)
         layer.compute_dtype = compute_dtype_for(device.type, dtype)
+    if precision is not None:
+        frozen_in_compute_dtype(model, precision, skip=saved_names(model))
     return model
 
 
@@ -123,7 +128,8 @@ def profile_training(config: ModelConfig, method: Method | None = None, setup: S
     torch.cuda.empty_cache()
     _warm_up(device)
     memory = _CudaMemory()
-    model = build_random_model(config, method, head, device, param_dtype(setup.precision), setup.nf4)
+    model = build_random_model(config, method, head, device, param_dtype(setup.precision), setup.nf4,
+                               setup.precision)
     optimizer = make_optimizer(setup.optimizer, model)
     batch = random_batch(config, head, setup, device)
     start = time.perf_counter()

@@ -25,7 +25,9 @@ class Unrunnable:
 
 EXPLANATIONS = {
     "weights": "every parameter × its dtype (fp32 and mixed: 4 B — the fp32 weights are the master copy; pure bf16: "
-               "2 B); frozen weights count too. With --quantize nf4 the block linears are 4-bit codes + one absmax per "
+               "2 B); frozen weights count too, and under bf16/fp16 autocast minift.train stores the frozen nn.Linear "
+               "weights and biases once in that dtype (2 B; not under FSDP, nor a tied embedding/LM head or what a "
+               "run saves). With --quantize nf4 the block linears are 4-bit codes + one absmax per "
                "64 weights (8-bit with --double-quant, + one fp32 scale per 256 absmax): 0.516 B per weight",
     "dequantised layer": "with --quantize nf4: one block linear's weight dequantised to the compute dtype (bf16 on "
                          "CUDA or under autocast) for one matmul, in forward and again in backward; the 4-bit base "
@@ -44,7 +46,8 @@ EXPLANATIONS = {
     "logits buffers": "the (B, T, V) logits held by the loop, the loss's fp32 copies and its kept log-softmax, and at "
                       "backward start two (B·T, V) fp32 gradients — large for 128k vocabularies",
     "autocast copies": "mixed precision: bf16/fp16 copies of the weights autocast makes for each matmul and autograd "
-                       "keeps for backward",
+                       "keeps for backward — of the trainable linears (full fine-tuning, LoRA's A and B, adapters) and "
+                       "a tied LM head; the frozen linears are stored in bf16/fp16 already and copied by none",
     "gathered (FSDP)": "with --gpus N --shard fsdp: FSDP2 all-gathers a unit's whole parameters in the autocast dtype "
                        "(else the weights') for its forward and backward: the root (embeddings, final norm, head; kept "
                        "from forward to the end of backward) and two blocks (the running one and the next, prefetched);"

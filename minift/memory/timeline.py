@@ -63,7 +63,8 @@ def profile_training_cpu(config: ModelConfig, method: Method | None = None, setu
         raise ValueError("profile_training_cpu needs Setup(device='cpu') (the estimate must use the CPU's rules)")
     est = estimate(config, method, setup)
     head = setup.resolved_head(config)
-    model = build_random_model(config, method, head, torch.device("cpu"), param_dtype(setup.precision), setup.nf4)
+    model = build_random_model(config, method, head, torch.device("cpu"), param_dtype(setup.precision), setup.nf4,
+                               setup.precision)  # frozen linear weights in the autocast dtype, as minift.train
     optimizer = make_optimizer(setup.optimizer, model)
     batch = random_batch(config, head, setup, torch.device("cpu"))
     train_steps(model, optimizer, batch, head, setup, steps=1)  # optimizer states now exist

@@ -13,10 +13,11 @@ layer (34·sbh + 5·as²b bytes in fp16); the tape does that count per operation
 attention kernels, precisions and PEFT methods instead of one closed formula.
 
 Device rules that change byte counts (checked against ``torch.autograd.graph.saved_tensors_hooks``):
-- dropout keeps a ``bool`` mask on CUDA (``native_dropout``) but a mask in the input's dtype on CPU;
+- dropout keeps a ``bool`` mask: ``native_dropout`` on CUDA, ``minift.models.dropout`` on the CPU;
 - fused SDPA (flash / memory-efficient / CPU flash) keeps q, k, v, the output and a fp32 log-sum-exp, plus the
   float copy of a boolean mask; PyTorch's math SDPA ("eager") keeps the ``T×T`` probabilities instead, and on
-  CPU it is what runs whenever attention dropout is on;
+  CPU with attention dropout ``minift.models.attention.attention_with_dropout`` computes the same math path in
+  fp32 (its own bool dropout mask);
 - under autocast a ``Linear`` casts its input to bf16/fp16 (a new tensor each call) and LayerNorm, softmax,
   ``log_softmax`` and ``pow``/``rsqrt`` run in fp32.
 """
@@ -132,11 +133,11 @@ class Tape:
         return out
 
     def dropout(self, x: Sym, p: float) -> Sym:
-        """Dropout: identity when off; keeps a mask (bool on CUDA, the input's dtype on CPU)."""
+        """Dropout: identity when off; keeps a bool mask (``native_dropout`` on CUDA, minift's on the CPU)."""
         if not self.training or p <= 0:
             return x
         if x.rg:
-            self.save_new(x.numel, BOOL if self.device == "cuda" else x.itemsize)
+            self.save_new(x.numel, BOOL)
         return self.new(x.numel, x.itemsize, x.rg)
 
     def mul(self, a: Sym, b: Sym) -> Sym:
@@ -181,7 +182,7 @@ class Tape:
             if probs.rg:
                 self.save(probs)
             if self.training and dropout_p > 0 and probs.rg:
-                self.save_new(B * H * T * T, BOOL if self.device == "cuda" else FP32)
+                self.save_new(B * H * T * T, BOOL)
                 probs = self.new(B * H * T * T, FP32, True)
             if v.rg:
                 self.save(probs)

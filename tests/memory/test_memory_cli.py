@@ -55,7 +55,8 @@ def test_method_options_are_minift_peft_fields(capsys):
     argv = ["--model", "roberta-base", "--json", "--max-length", "128", "--method", "lora", "--method", "adapter",
             "--method", "prompt", "--lora-r", "4", "--lora-alpha", "8", "--lora-dropout", "0", "--lora-targets",
             "query,key,value", "--adapter-reduction-factor", "16", "--adapter-placement", "pfeiffer",
-            "--adapter-activation", "gelu", "--prompt-length", "7", "--prompt-init", "random", "--train-head", "false"]
+            "--adapter-activation", "gelu", "--prompt-length", "7", "--prompt-init", "random", "--train-head", "false",
+            "--precision", "fp32"]
     assert main(argv) == 0
     data = json.loads(capsys.readouterr().out)
     config, setup = resolve_model("roberta-base")[0], Setup(max_length=128)
