@@ -26,6 +26,7 @@ works from any working directory.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from collections.abc import Collection
 from pathlib import Path
@@ -120,10 +121,12 @@ def build_parser(fields: Collection[str] | None = None, methods: bool = True, pr
     parser.add_argument("--debug", action="store_true",
                         help="show the traceback of an error, for a bug report (also: MINIFT_DEBUG=1)")
     defaults, comments = TrainConfig(), field_comments(TrainConfig)
+    declared = {f.name: f.default for f in dataclasses.fields(TrainConfig) if isinstance(f.default, str)}
     for name, annotation in plain_fields().items():
         if fields is not None and name not in fields:
             continue
-        shown = f"per method, {DEFAULT_LR}" if name == "lr" else getattr(defaults, name)
+        # the declared default (TrainConfig resolves --precision auto at once: the help says auto, not this box's)
+        shown = f"per method, {DEFAULT_LR}" if name == "lr" else declared.get(name, getattr(defaults, name))
         help_text = f"{comments.get(name, '')} (default: {shown})".replace("%", "%%")
         if name in PARSERS:
             extra = {"type": PARSERS[name]}
