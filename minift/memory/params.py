@@ -9,7 +9,8 @@ elements, every linear with its shape, bias, the LoRA or adapter around it, whic
 whether its weight is 4-bit, and the bytes of the NF4 codes and scales (``nbytes`` of the buffers). Which frozen
 linear weights and biases ``minift.train`` stores in the autocast dtype under ``--precision bf16 / fp16`` is read
 the same way: ``minift.precision.frozen_in_compute_dtype`` runs on a copy of the meta model, skipping what the run
-saves (``saved_names``), as the recipe calls it (a checkpoint is taken to have every key: ``fresh_keys`` empty). Nothing
+saves (``minift.peft.io.saved_names``), as the recipe calls it (a checkpoint is taken to have every key:
+``fresh_keys`` empty). Nothing
 here restates a family, a head or a PEFT module: what ``minift.models`` and ``minift.peft`` build is what is
 counted. The model and its facts are cached per (config, head, method, quantization): ``largest_batch`` asks many
 times.
@@ -27,10 +28,10 @@ from minift.models.config import ModelConfig
 from minift.models.load import build_model
 from minift.models.registry import get_family
 from minift.peft.adapter import AdapterPath
-from minift.peft.apply import apply, find_peft_spec, peft_modules, trainable_parameters
+from minift.peft.apply import apply, peft_modules
 from minift.peft.bitfit import bias_params
 from minift.peft.config import Method, PromptConfig
-from minift.peft.io import frozen_to_save
+from minift.peft.io import saved_names
 from minift.peft.lora import LoRAPath
 from minift.peft.prompt import PromptModel
 from minift.precision import frozen_in_compute_dtype
@@ -150,15 +151,6 @@ def _countable(method: Method) -> Method:
     if isinstance(cfg, PromptConfig) and cfg.init == "text" and cfg.token_ids is None:
         return replace(method, config=PromptConfig(length=cfg.length, init="random"))
     return method
-
-
-def saved_names(model: nn.Module) -> list[str]:
-    """The parameters a run saves, which ``frozen_in_compute_dtype`` leaves as they are: every parameter without a
-    PEFT method, else the trainable ones and the frozen ones ``save_trainable`` writes (a task head's). The same
-    rule as ``minift.train.weights.saved_names`` (which the estimator may not import; a test holds them equal)."""
-    if find_peft_spec(model) is None:
-        return [name for name, _ in model.named_parameters()]
-    return [*trainable_parameters(model), *frozen_to_save(model, fresh_keys=getattr(model, "fresh_keys", ()))]
 
 
 def _cast_in_compute_dtype(model: nn.Module) -> tuple[set[str], int]:

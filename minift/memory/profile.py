@@ -16,9 +16,10 @@ from dataclasses import dataclass
 import torch
 
 from minift.memory.estimate import Estimate, Setup, estimate
-from minift.memory.params import build_meta_model, saved_names
+from minift.memory.params import build_meta_model
 from minift.models.config import ModelConfig
 from minift.peft.config import Method
+from minift.peft.io import saved_names
 from minift.precision import autocast, frozen_in_compute_dtype, param_dtype, uses_grad_scaler
 from minift.quant import NF4Config, compute_dtype_for, nf4_layers
 

@@ -178,3 +178,12 @@ def _unmerged(model: nn.Module, name: str, p: nn.Parameter) -> torch.Tensor:
     if isinstance(owner, LoRALinear) and owner.merged and pname == "weight":
         return (p.detach().float() - owner.delta_weight()).to(p.dtype)
     return p.detach()
+
+
+def saved_names(model: nn.Module) -> list:
+    """The parameters a run writes as its weights: every parameter of a model without a PEFT method (full
+    fine-tuning), else the trainable ones and the frozen ones a fresh base lacks (:func:`frozen_to_save`). The run's
+    best/ writer and the memory estimator both ask this (and ``frozen_in_compute_dtype`` leaves these as they are)."""
+    if find_peft_spec(model) is None:
+        return [name for name, _ in model.named_parameters()]
+    return [*trainable_parameters(model), *frozen_to_save(model, fresh_keys=getattr(model, "fresh_keys", ()))]

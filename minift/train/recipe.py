@@ -23,6 +23,7 @@ from dataclasses import asdict
 import torch
 
 from minift.optim import build_optimizer, build_scheduler
+from minift.peft.io import saved_names
 from minift.precision import frozen_in_compute_dtype, uses_grad_scaler
 from minift.train import disk, distributed, runfolder
 from minift.train.batching import BatchPlan, eval_batches
@@ -39,7 +40,7 @@ from minift.train.loopstate import LoopState, total_steps
 from minift.train.oom import out_of_memory_message
 from minift.train.step import WindowStats, backward_window, optimizer_step, optimizer_steps
 from minift.train.stops import TrainingStopped, interrupted_message, nan_message, stopped_outside_loop
-from minift.train.weights import load_weights, save_weights, saved_names
+from minift.train.weights import load_weights, save_weights
 
 
 class Recipe:

@@ -17,23 +17,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from minift.peft.io import saved_names
 from minift.train import distributed, fsdp
 from minift.train.savestate import fsync_dir
 
 
 def _aside(folder: Path) -> tuple:
     return folder.with_name(folder.name + ".tmp"), folder.with_name(folder.name + ".old")
-
-
-def saved_names(model: nn.Module) -> list:
-    """The parameters :func:`save_weights` writes: a PEFT model's trainable ones and the frozen ones a fresh base
-    lacks (``minift.peft.io.frozen_to_save``), or every parameter of a fully fine-tuned model."""
-    from minift.peft.apply import find_peft_spec, trainable_parameters
-    from minift.peft.io import frozen_to_save
-
-    if find_peft_spec(model) is None:
-        return [name for name, _ in model.named_parameters()]
-    return [*trainable_parameters(model), *frozen_to_save(model, fresh_keys=getattr(model, "fresh_keys", ()))]
 
 
 def save_weights(model: nn.Module, folder) -> Path:

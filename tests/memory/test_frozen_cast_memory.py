@@ -14,15 +14,15 @@ import torch
 from minift.memory.__main__ import build_parser, main
 from minift.memory.activations import Batch, trace_activations
 from minift.memory.estimate import Setup, estimate
-from minift.memory.params import build_meta_model, model_facts, saved_names
+from minift.memory.params import build_meta_model, model_facts
 from minift.memory.profile import build_random_model
 from minift.memory.saved import measure_saved
 from minift.models.presets import resolve_model
 from minift.peft.config import Method
+from minift.peft.io import saved_names
 from minift.precision import frozen_in_compute_dtype, resolve
 from minift.quant import nf4_layers
 from minift.train.flags import CHOICES
-from minift.train.weights import saved_names as train_saved_names
 
 HEADS = {"bert": "classification", "gpt2": "causal-lm", "llama": "causal-lm"}
 
@@ -40,18 +40,8 @@ def _cast_model(family: str, name: str, precision: str = "bf16") -> tuple:
     config, head, method = kit.model_config(family), HEADS[family], Method.of(name, **kit.PEFT_OPTIONS.get(name, {}))
     model = kit.random_model(config, head, method)
     uncast = _param_bytes(model)
-    cast = frozen_in_compute_dtype(model, precision, skip=train_saved_names(model))  # as minift.train's recipe
+    cast = frozen_in_compute_dtype(model, precision, skip=saved_names(model))  # as minift.train's recipe
     return config, head, method, model, uncast, cast
-
-
-@pytest.mark.parametrize("name", ["full", "lora", "adapter", "bitfit", "prompt"])
-@pytest.mark.parametrize("family", list(HEADS))
-def test_saved_names_are_the_recipes(family, name):
-    """The estimator's copy of the rule (memory may not import minift.train) names what minift.train saves."""
-    if name == "bitfit" and family == "llama":
-        pytest.skip("the tiny Llama has no biases")
-    model = kit.random_model(kit.model_config(family), HEADS[family], Method.of(name, **kit.PEFT_OPTIONS.get(name, {})))
-    assert saved_names(model) == train_saved_names(model)
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
@@ -89,7 +79,7 @@ def test_copies_are_what_autograd_keeps_with_and_without_the_cast(family):
     batch = kit.batch(family, 2, 12, head=head, num_labels=config.num_labels)
     model = kit.random_model(config, head, method)
     before = measure_saved(model, batch, head, autocast_dtype=torch.bfloat16).weight_copies
-    frozen_in_compute_dtype(model, "bf16", skip=train_saved_names(model))
+    frozen_in_compute_dtype(model, "bf16", skip=saved_names(model))
     after = measure_saved(model, batch, head, autocast_dtype=torch.bfloat16).weight_copies
     trace = {cast: trace_activations(config, method, Batch(2, 12), head, device="cpu", autocast=True,
                                      frozen_cast=cast).weight_copies for cast in (False, True)}

@@ -15,8 +15,8 @@ from minift.memory.activations import Batch, trace_activations
 from minift.memory.saved import measure_saved
 from minift.memory.tracer import FP32, HALF
 from minift.peft.config import Method
+from minift.peft.io import saved_names
 from minift.precision import frozen_in_compute_dtype
-from minift.train.weights import saved_names
 
 FAMILY_HEADS = {"bert": "classification", "roberta": "token-classification", "gpt2": "causal-lm",
                 "gpt_neo": "causal-lm", "llama": "causal-lm"}
