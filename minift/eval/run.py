@@ -29,7 +29,7 @@ from minift.train.build import build, pick_device, seed_everything
 from minift.train.config import TrainConfig
 from minift.train.dryrun import param_counts
 from minift.train.evaluate import evaluate
-from minift.train.runfolder import CONFIG_JSON, write_summary
+from minift.train.runfolder import CONFIG_JSON, create_exclusive, task_stem, write_summary
 
 
 def new_folder(config: TrainConfig, label: str) -> tuple[Path, bool]:
@@ -43,15 +43,10 @@ def new_folder(config: TrainConfig, label: str) -> tuple[Path, bool]:
         created = not path.exists()
         path.mkdir(parents=True, exist_ok=True)
         return path, created
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    base = Path("runs") / f"eval-{config.task.replace(':', '_').replace('/', '_').replace(',', '_')}-{label}-{stamp}"
-    for n in range(1, 1000):
-        path = base if n == 1 else base.with_name(f"{base.name}-{n}")
-        try:
-            path.mkdir(parents=True)
-            return path, True
-        except FileExistsError:
-            continue
+    base = Path("runs") / f"eval-{task_stem(config.task)}-{label}-{datetime.now():%Y%m%d-%H%M%S}"
+    made = create_exclusive(base, 1000)
+    if made is not None:
+        return made, True
     raise UsageError(f"{base.parent} holds too many folders named {base.name}: pass --output-dir")
 
 

@@ -62,19 +62,34 @@ def default_output_dir(config: TrainConfig) -> Path:
 
 
 def _create_new(config: TrainConfig) -> Path:
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    base = Path("runs") / f"{config.task.replace(':', '_').replace('/', '_').replace(',', '_')}-{config.method}-{stamp}"
-    for n in range(1, 10_000):
+    base = Path("runs") / f"{task_stem(config.task)}-{config.method}-{datetime.now():%Y%m%d-%H%M%S}"
+    try:
+        made = create_exclusive(base, 10_000)
+    except OSError as err:
+        raise TrainSetupError(f"cannot create the run folder {err.filename or base} ({err.strerror}): pass "
+                              "--output-dir DIR somewhere writable") from None
+    if made is not None:
+        return made
+    raise TrainSetupError(f"{base.parent} holds too many runs named {base.name}: pass --output-dir")
+
+
+def task_stem(task: str) -> str:
+    """A task name as part of a folder name (``file:a/b.csv`` → ``file_a_b.csv``)."""
+    return task.replace(":", "_").replace("/", "_").replace(",", "_")
+
+
+def create_exclusive(base: Path, limit: int) -> Path | None:
+    """Create ``base``, else ``base-2``, ``base-3`` ... (up to ``limit`` names), exclusively: the first folder this
+    call made, so two runs started in the same second never share one; None when every name is taken. Other
+    ``OSError``s (no permission, a file in the way) propagate."""
+    for n in range(1, limit):
         path = base if n == 1 else base.with_name(f"{base.name}-{n}")
         try:
             path.mkdir(parents=True)
             return path
         except FileExistsError:
             continue
-        except OSError as err:
-            raise TrainSetupError(f"cannot create the run folder {path} ({err.strerror}): pass --output-dir DIR "
-                                  "somewhere writable") from None
-    raise TrainSetupError(f"{base.parent} holds too many runs named {base.name}: pass --output-dir")
+    return None
 
 
 @dataclass
